@@ -1,0 +1,7 @@
+"""The standard Caffe layers, one module per family; importing this package registers them all."""
+
+import importlib
+import pkgutil
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_mod}")

@@ -1,0 +1,272 @@
+"""Net: an nn.Module built in order from a net definition's layers (Caffe's Net).
+
+    net = Net("prototxt/lenet.prototxt", phase="TEST")
+    outputs = net.forward(data=images)      # dict of output blobs (blobs no layer consumes)
+    net.blobs["conv1"], net.params["conv1"], net.loss
+
+Build checks, each a NetError naming the layer and its file:line:col: unknown layer type or param, unknown
+bottom, a blob with two producers, a bottom produced only later (a cycle), a shape the layer cannot take.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from layers.base import Layer, Shape, as_tuple
+from layers.registry import get_layer_class, load_python_layer
+from nets.errors import NetError
+from nets.spec import LayerSpec, NetSpec, _as_str, did_you_mean, load_net_spec
+
+__all__ = ["Net", "default_device"]
+
+
+def default_device(device=None) -> torch.device:
+    """The device asked for, else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NetError(f"device '{device}' was asked for but CUDA is not available")
+    return dev
+
+
+@dataclass
+class Step:
+    """One layer in the run plan."""
+    name: str
+    key: str                      # key in Net.layers (module names cannot contain '.')
+    spec: LayerSpec
+    bottoms: list[str]
+    tops: list[str]
+    loss_weights: list[float]
+    propagate: list[bool]
+    lr_mults: list[float] = field(default_factory=list)
+    decay_mults: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ParamInfo:
+    """A learnable tensor of the net and its solver multipliers (shared tensors appear once)."""
+    layer: str
+    index: int
+    tensor: torch.Tensor
+    lr_mult: float
+    decay_mult: float
+
+
+class Net(nn.Module):
+    def __init__(self, net, phase: str = "TRAIN", stages=(), level: int = 0, device=None):
+        super().__init__()
+        self.spec: NetSpec = load_net_spec(net, phase, stages, level)
+        self.phase = phase
+        self.name = self.spec.name
+        self.layers = nn.ModuleDict()
+        self.plan: list[Step] = []
+        self.blob_shapes: dict[str, Shape] = {}
+        self.inputs: dict[str, Shape] = {}
+        self.blobs: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | None = None
+        self.param_info: list[ParamInfo] = []
+        self._build()
+        self.outputs: list[str] = self._find_outputs()
+        self.device = default_device(device)
+        self.to(self.device)
+
+    # -- build ---------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        producer: dict[str, LayerSpec] = {}
+        later_producers = {t: ls for ls in reversed(self.spec.layers) for t in ls.tops}
+        shared: dict[str, tuple[Step, int, nn.Parameter]] = {}
+        keys: set[str] = set()
+        for ls in self.spec.layers:
+            if ls.name in self.layers or ls.name.replace(".", "_") in keys:
+                raise NetError(f"{ls.where}: duplicate layer name '{ls.name}'")
+            for b in ls.bottoms:
+                if b not in self.blob_shapes:
+                    later = later_producers.get(b)
+                    if later is not None and later is not ls and later.loc != ls.loc:
+                        raise NetError(f"{ls.where}: bottom '{b}' is produced only by a later layer "
+                                       f"'{later.name}' at {later.loc} (layers must come in order; cycles "
+                                       f"are not allowed)")
+                    raise NetError(f"{ls.where}: unknown bottom blob '{b}'{did_you_mean(b, self.blob_shapes)}")
+            for t in ls.tops:
+                if t in producer and t not in ls.bottoms:
+                    raise NetError(f"{ls.where}: top blob '{t}' is already produced by layer "
+                                   f"'{producer[t].name}' at {producer[t].loc}")
+            layer = self._make_layer(ls)
+            bottom_shapes = [self.blob_shapes[b] for b in ls.bottoms]
+            top_shapes = self._infer(layer, ls, bottom_shapes)
+            step = self._make_step(ls, layer)
+            self._share_params(step, layer, shared)
+            key = ls.name.replace(".", "_")
+            keys.add(key)
+            step.key = key
+            self.layers[key] = layer
+            self.plan.append(step)
+            for t, s in zip(ls.tops, top_shapes):
+                self.blob_shapes[t] = s
+                producer[t] = ls
+            if layer.is_input:
+                self.inputs.update(zip(ls.tops, top_shapes))
+
+    def _make_layer(self, ls: LayerSpec) -> Layer:
+        param_str = ""
+        if ls.type == "Python":
+            pp = ls.blocks.get("python_param")
+            if pp is None:
+                raise NetError(f"{ls.where}: a Python layer needs python_param {{ module layer }}")
+            for f in pp:
+                if f.name not in ("module", "layer", "param_str", "share_in_parallel"):
+                    raise NetError(f"{f.loc}: unknown param '{f.name}' in python_param"
+                                   f"{did_you_mean(f.name, ('module', 'layer', 'param_str'))}")
+            module, layer_name = pp.first("module"), pp.first("layer")
+            if module is None or layer_name is None:
+                raise NetError(f"{ls.where}: python_param needs both 'module' and 'layer'")
+            cls = load_python_layer(_as_str(module), _as_str(layer_name), ls.where)
+            ps = pp.first("param_str")
+            param_str = _as_str(ps) if ps is not None else ""
+            ls = LayerSpec(**{**ls.__dict__, "blocks": {k: v for k, v in ls.blocks.items() if k != "python_param"}})
+        else:
+            cls = get_layer_class(ls.type, ls.where)
+        bottom_shapes = [self.blob_shapes[b] for b in ls.bottoms]
+        return cls(ls, bottom_shapes, self.phase, param_str)
+
+    @staticmethod
+    def _infer(layer: Layer, ls: LayerSpec, bottom_shapes: list[Shape]) -> list[Shape]:
+        try:
+            shapes = layer.infer_top_shapes(bottom_shapes)
+        except NetError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            shown = ", ".join(f"{b} {tuple(s)}" for b, s in zip(ls.bottoms, bottom_shapes))
+            raise NetError(f"{ls.where}: cannot run on bottoms {shown}: {detail}") from None
+        if len(shapes) != len(ls.tops):
+            raise NetError(f"{ls.where}: produces {len(shapes)} top(s) but {len(ls.tops)} are named")
+        return [tuple(int(d) for d in s) for s in shapes]
+
+    @staticmethod
+    def _make_step(ls: LayerSpec, layer: Layer) -> Step:
+        n_top = len(ls.tops)
+        if ls.loss_weights:
+            if len(ls.loss_weights) != n_top:
+                raise NetError(f"{ls.where}: {len(ls.loss_weights)} loss_weight value(s) for {n_top} top(s)")
+            weights = list(ls.loss_weights)
+        else:
+            weights = [1.0 if (layer.is_loss and i == 0) else 0.0 for i in range(n_top)]
+        if ls.propagate_down and len(ls.propagate_down) != len(ls.bottoms):
+            raise NetError(f"{ls.where}: {len(ls.propagate_down)} propagate_down value(s) for "
+                           f"{len(ls.bottoms)} bottom(s)")
+        propagate = list(ls.propagate_down) or [True] * len(ls.bottoms)
+        n_blobs = len(layer.blob_names)
+        if len(ls.param_specs) > n_blobs:
+            raise NetError(f"{ls.where}: {len(ls.param_specs)} param {{ }} entries but the layer has "
+                           f"{n_blobs} parameter blob(s)")
+        step = Step(ls.name, ls.name, ls, list(ls.bottoms), list(ls.tops), weights, propagate)
+        for i in range(n_blobs):
+            ps = ls.param_specs[i] if i < len(ls.param_specs) else None
+            step.lr_mults.append(ps.lr_mult if ps else 1.0)
+            step.decay_mults.append(ps.decay_mult if ps else 1.0)
+        return step
+
+    def _share_params(self, step: Step, layer: Layer, shared: dict) -> None:
+        for i, blob_name in enumerate(layer.blob_names):
+            tensor = getattr(layer, blob_name)
+            ps = step.spec.param_specs[i] if i < len(step.spec.param_specs) else None
+            if ps is not None and ps.name and ps.name in shared:
+                owner_step, owner_i, owner_tensor = shared[ps.name]
+                if tuple(owner_tensor.shape) != tuple(tensor.shape):
+                    raise NetError(f"{step.spec.where}: shared param '{ps.name}' has shape "
+                                   f"{tuple(tensor.shape)} here but {tuple(owner_tensor.shape)} in layer "
+                                   f"'{owner_step.name}'")
+                if isinstance(owner_tensor, nn.Parameter):
+                    setattr(layer, blob_name, owner_tensor)
+                else:
+                    layer._buffers[blob_name] = owner_tensor
+                continue
+            if ps is not None and ps.name:
+                shared[ps.name] = (step, i, tensor)
+            if isinstance(tensor, nn.Parameter):
+                if step.lr_mults[i] == 0:
+                    tensor.requires_grad_(False)   # lr_mult 0 freezes; gradients still reach the bottoms
+                self.param_info.append(ParamInfo(step.name, i, tensor, step.lr_mults[i], step.decay_mults[i]))
+
+    def _find_outputs(self) -> list[str]:
+        """Caffe's rule: every top is available until a later layer consumes it as a bottom."""
+        available: dict[str, None] = {}
+        for step in self.plan:
+            for b in step.bottoms:
+                available.pop(b, None)
+            for t in step.tops:
+                available[t] = None
+        return list(available)
+
+    # -- run -----------------------------------------------------------------------------------------------
+    def forward(self, _timings: dict[str, float] | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run every layer in order; inputs are tensors for the Input blobs. Returns the output blobs."""
+        unknown = set(inputs) - set(self.inputs)
+        if unknown:
+            name = sorted(unknown)[0]
+            raise NetError(f"net '{self.name}' has no input blob '{name}'{did_you_mean(name, self.inputs)}"
+                           f" (inputs: {', '.join(self.inputs) or 'none'})")
+        blobs: dict[str, torch.Tensor] = {}
+        loss = None
+        cuda = self.device.type == "cuda"
+        for step in self.plan:
+            layer = self.layers[step.key]
+            t0 = time.perf_counter() if _timings is not None else 0.0
+            if layer.is_input:
+                tops = []
+                for t in step.tops:
+                    if t not in inputs:
+                        raise NetError(f"{step.spec.where}: input blob '{t}' was not given "
+                                       f"(expected shape {self.blob_shapes[t]})")
+                    x = torch.as_tensor(inputs[t], device=self.device)
+                    if not x.is_floating_point():
+                        x = x.to(torch.get_default_dtype())
+                    tops.append(layer(x))
+            else:
+                bottoms = [blobs[b] if keep else blobs[b].detach()
+                           for b, keep in zip(step.bottoms, step.propagate)]
+                tops = as_tuple(layer(*bottoms))
+            if _timings is not None:
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                _timings[step.name] = _timings.get(step.name, 0.0) + time.perf_counter() - t0
+            for name, value in zip(step.tops, tops):
+                blobs[name] = value
+            for value, w in zip(tops, step.loss_weights):
+                if w:
+                    term = w * value.sum()
+                    loss = term if loss is None else loss + term
+        self.blobs = blobs
+        self.loss = loss
+        return {name: blobs[name] for name in self.outputs}
+
+    # -- views -----------------------------------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, list[torch.Tensor]]:
+        """Layer name -> its blobs in Caffe's order (learnable parameters and state such as BN statistics)."""
+        out = {}
+        for step in self.plan:
+            blobs = self.layers[step.key].caffe_blobs()
+            if blobs:
+                out[step.name] = blobs
+        return out
+
+    def layer(self, name: str) -> Layer:
+        for step in self.plan:
+            if step.name == name:
+                return self.layers[step.key]
+        raise KeyError(name)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [s.name for s in self.plan]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, phase={self.phase}, inputs={list(self.inputs)}, outputs={self.outputs}"
