@@ -37,7 +37,7 @@ def fill(t: torch.Tensor, filler, where: str) -> torch.Tensor:
         if filler.sparse >= 0:
             if t.dim() < 2:
                 raise NetError(f"{where}: sparse gaussian filler needs a blob of 2 or more axes")
-            keep = torch.full_like(t, min(1.0, filler.sparse / t.shape[0])).bernoulli_()
+            keep = torch.bernoulli(torch.full_like(t, min(1.0, filler.sparse / t.shape[0])))
             t.mul_(keep)
         return t
     if kind == "positive_unitball":
