@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nets.errors import NetError
-from nets.spec import LayerSpec, _as_bool, _as_enum, _as_float, _as_int, _as_msg, _as_str, did_you_mean
+from nets.spec import LayerSpec, show, _as_bool, _as_enum, _as_float, _as_int, _as_msg, _as_str, did_you_mean
 from nets.text_format import Field, Message
 
 __all__ = ["Layer", "Params", "P", "Values", "FILLER", "BLOB_SHAPE", "REQUIRED", "Shape"]
@@ -55,7 +55,7 @@ class P:
         k = self.kind
         if isinstance(k, Params):
             if not isinstance(f.value, Message):
-                raise NetError(f"{f.loc}: {label}: '{f.name}' expects a {{ }} block, found {f.value!r}")
+                raise NetError(f"{f.loc}: {label}: '{f.name}' expects a {{ }} block, found {show(f.value)}")
             return k.parse(f.value, label)
         conv = {int: _as_int, float: _as_float, bool: _as_bool, str: _as_str}.get(k)
         try:

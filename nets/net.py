@@ -46,6 +46,7 @@ class Step:
     propagate: list[bool]
     lr_mults: list[float] = field(default_factory=list)
     decay_mults: list[float] = field(default_factory=list)
+    has_blobs: bool = False
 
 
 @dataclass
@@ -81,10 +82,8 @@ class Net(nn.Module):
         producer: dict[str, LayerSpec] = {}
         later_producers = {t: ls for ls in reversed(self.spec.layers) for t in ls.tops}
         shared: dict[str, tuple[Step, int, nn.Parameter]] = {}
-        keys: set[str] = set()
+        named: dict[str, Step] = {}
         for ls in self.spec.layers:
-            if ls.name in self.layers or ls.name.replace(".", "_") in keys:
-                raise NetError(f"{ls.where}: duplicate layer name '{ls.name}'")
             for b in ls.bottoms:
                 if b not in self.blob_shapes:
                     later = later_producers.get(b)
@@ -102,8 +101,10 @@ class Net(nn.Module):
             top_shapes = self._infer(layer, ls, bottom_shapes)
             step = self._make_step(ls, layer)
             self._share_params(step, layer, shared)
+            self._check_name(step, layer, named)
             key = ls.name.replace(".", "_")
-            keys.add(key)
+            while key in self.layers:   # module names must be unique; Caffe's layer names need not be
+                key += "_"
             step.key = key
             self.layers[key] = layer
             self.plan.append(step)
@@ -112,6 +113,17 @@ class Net(nn.Module):
                 producer[t] = ls
             if layer.is_input:
                 self.inputs.update(zip(ls.tops, top_shapes))
+
+    @staticmethod
+    def _check_name(step: Step, layer: Layer, named: dict[str, Step]) -> None:
+        """Caffe allows two layers of one name (its own mnist_autoencoder has two 'loss' layers), but
+        weights are stored by layer name, so only layers without blobs may share one."""
+        other = named.get(step.name)
+        if other is not None and (layer.blob_names or other.has_blobs):
+            raise NetError(f"{step.spec.where}: duplicate layer name '{step.name}' (also at {other.spec.loc}); "
+                           f"layers with weights need unique names")
+        step.has_blobs = bool(layer.blob_names) or (other is not None and other.has_blobs)
+        named[step.name] = step
 
     def _make_layer(self, ls: LayerSpec) -> Layer:
         param_str = ""
@@ -196,14 +208,15 @@ class Net(nn.Module):
                 self.param_info.append(ParamInfo(step.name, i, tensor, step.lr_mults[i], step.decay_mults[i]))
 
     def _find_outputs(self) -> list[str]:
-        """Caffe's rule: every top is available until a later layer consumes it as a bottom."""
+        """Caffe's rule: every top is available until a later layer consumes it as a bottom; Caffe keeps
+        them in a std::set, so outputs come in sorted order."""
         available: dict[str, None] = {}
         for step in self.plan:
             for b in step.bottoms:
                 available.pop(b, None)
             for t in step.tops:
                 available[t] = None
-        return list(available)
+        return sorted(available)
 
     # -- run -----------------------------------------------------------------------------------------------
     def forward(self, _timings: dict[str, float] | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -259,6 +272,7 @@ class Net(nn.Module):
         return out
 
     def layer(self, name: str) -> Layer:
+        """The (first) layer of that name."""
         for step in self.plan:
             if step.name == name:
                 return self.layers[step.key]

@@ -98,6 +98,17 @@ class NetSpec:
 
 # ---- scalar helpers (messages name the place) ------------------------------------------------------------
 
+def show(v) -> str:
+    """A value as the prototxt would write it: MAX, "text", 3, { ... }."""
+    if isinstance(v, Ident):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, Message):
+        return "{ ... }"
+    return repr(v)
+
+
 def _err(f: Field | Message | Loc, msg: str) -> NetError:
     loc = f if isinstance(f, Loc) else f.loc
     return NetError(f"{loc}: {msg}")
@@ -106,19 +117,19 @@ def _err(f: Field | Message | Loc, msg: str) -> NetError:
 def _as_str(f: Field) -> str:
     if isinstance(f.value, str) and not isinstance(f.value, Ident):
         return str(f.value)
-    raise _err(f, f"'{f.name}' expects a quoted string, found {f.value!r}")
+    raise _err(f, f"'{f.name}' expects a quoted string, found {show(f.value)}")
 
 
 def _as_float(f: Field) -> float:
     if isinstance(f.value, (int, float)) and not isinstance(f.value, bool):
         return float(f.value)
-    raise _err(f, f"'{f.name}' expects a number, found {f.value!r}")
+    raise _err(f, f"'{f.name}' expects a number, found {show(f.value)}")
 
 
 def _as_int(f: Field) -> int:
     if isinstance(f.value, int):
         return f.value
-    raise _err(f, f"'{f.name}' expects an integer, found {f.value!r}")
+    raise _err(f, f"'{f.name}' expects an integer, found {show(f.value)}")
 
 
 def _as_bool(f: Field) -> bool:
@@ -129,7 +140,7 @@ def _as_bool(f: Field) -> bool:
         return False
     if isinstance(v, int) and v in (0, 1):
         return bool(v)
-    raise _err(f, f"'{f.name}' expects true or false, found {v!r}")
+    raise _err(f, f"'{f.name}' expects true or false, found {show(v)}")
 
 
 def _as_enum(f: Field, choices: tuple[str, ...]) -> str:
@@ -138,13 +149,13 @@ def _as_enum(f: Field, choices: tuple[str, ...]) -> str:
         return str(v)
     if isinstance(v, int) and 0 <= v < len(choices):
         return choices[v]
-    raise _err(f, f"'{f.name}' expects one of {', '.join(choices)}, found {v!r}{did_you_mean(str(v), choices)}")
+    raise _err(f, f"'{f.name}' expects one of {', '.join(choices)}, found {show(v)}{did_you_mean(str(v), choices)}")
 
 
 def _as_msg(f: Field) -> Message:
     if isinstance(f.value, Message):
         return f.value
-    raise _err(f, f"'{f.name}' expects a {{ }} block, found {f.value!r}")
+    raise _err(f, f"'{f.name}' expects a {{ }} block, found {show(f.value)}")
 
 
 def _check_fields(msg: Message, allowed, what: str) -> None:

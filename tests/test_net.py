@@ -89,6 +89,26 @@ def test_in_place_layers_and_outputs_follow_caffe_rule():
     assert n.blobs["x"] is not None
 
 
+def test_layers_without_weights_may_share_a_name_as_in_caffe():
+    n = net("""
+        input: "x" input_shape { dim: 3 }
+        layer { name: "loss" type: "TestSumLoss" bottom: "x" top: "l1" }
+        layer { name: "loss" type: "TestSumLoss" bottom: "x" top: "l2" loss_weight: 2 }
+    """)
+    n.forward(x=torch.tensor([1.0, 2.0, 3.0]))
+    assert n.loss.item() == pytest.approx(18.0)
+    assert len(n.layers) == 3 and n.outputs == ["l1", "l2"]
+
+
+def test_outputs_are_sorted_like_caffes_set():
+    n = net("""
+        input: "x" input_shape { dim: 1 }
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "zeta" }
+        layer { name: "b" type: "TestAffine" bottom: "x" top: "alpha" }
+    """)
+    assert n.outputs == ["alpha", "zeta"]
+
+
 def test_loss_weights_default_and_explicit():
     n = net("""
         input: "x" input_shape { dim: 3 }
@@ -208,7 +228,7 @@ layer { name: "f" type: "TestAffine" bottom: "x" top: "y"
                       r"\(did you mean w\?\)$"),
     "wrong param type": ("""input: "x" input_shape { dim: 1 }
 layer { name: "f" type: "TestAffine" bottom: "x" top: "y" test_affine_param { w: "two" } }""",
-                         r"^<string>:2:79: layer 'f' \(TestAffine\): 'w' expects a number, found 'two'$"),
+                         r"^<string>:2:79: layer 'f' \(TestAffine\): 'w' expects a number, found \"two\"$"),
     "unknown param block": ("""input: "x" input_shape { dim: 1 }
 layer { name: "f" type: "TestAffine" bottom: "x" top: "y" pooling_param { pool: MAX } }""",
                             r"^<string>:2:73: layer 'f' \(TestAffine\): unknown param block 'pooling_param'"),
@@ -220,7 +240,8 @@ layer { name: "f" type: "TestAffine" bottom: "x" bottom: "x" top: "y" }""",
     "duplicate name": ("""input: "x" input_shape { dim: 1 }
 layer { name: "f" type: "TestAffine" bottom: "x" top: "y" }
 layer { name: "f" type: "TestAffine" bottom: "x" top: "z" }""",
-                       r"^<string>:3:1: layer 'f' \(TestAffine\): duplicate layer name 'f'$"),
+                       r"^<string>:3:1: layer 'f' \(TestAffine\): duplicate layer name 'f' \(also at "
+                       r"<string>:2:1\); layers with weights need unique names$"),
     "loss_weight count": ("""input: "x" input_shape { dim: 1 }
 layer { name: "f" type: "TestAffine" bottom: "x" top: "y" loss_weight: 1 loss_weight: 2 }""",
                           r"2 loss_weight value\(s\) for 1 top\(s\)"),
@@ -228,7 +249,7 @@ layer { name: "f" type: "TestAffine" bottom: "x" top: "y" loss_weight: 1 loss_we
 layer { name: "f" type: "TestAffine" bottom: "x" top: "y" param {} param {} param {} }""",
                              r"3 param \{ \} entries but the layer has 2 parameter blob\(s\)"),
     "bad phase rule": ("""layer { name: "f" type: "TestAffine" top: "y" include { phase: TRIAN } }""",
-                       r"^<string>:1:57: 'phase' expects one of TRAIN, TEST, found Ident\('TRIAN'\) "
+                       r"^<string>:1:57: 'phase' expects one of TRAIN, TEST, found TRIAN "
                        r"\(did you mean TRAIN\?\)$"),
 }
 
