@@ -1,0 +1,198 @@
+"""Caffe's element-wise (neuron) layers and Softmax: ReLU, PReLU, Sigmoid, TanH, AbsVal, Power, Exp, Log,
+Dropout, Softmax. Every one keeps the bottom's shape."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from layers.base import FILLER, Layer, P, Params, channel_axis
+from layers.registry import register_layer
+
+ENGINE = ("DEFAULT", "CAFFE", "CUDNN")
+
+
+@register_layer("ReLU")
+class ReLU(Layer):
+    """y = x if x > 0 else negative_slope * x  (leaky when negative_slope != 0).
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (relu_param): negative_slope = 0, engine (ignored).
+    The gradient at x == 0 is negative_slope, as in Caffe's backward (x > 0 is the test).
+    """
+    params = Params("relu_param", negative_slope=P(float, 0.0), engine=P(ENGINE, "DEFAULT"))
+
+    def forward(self, x):
+        if self.p.negative_slope == 0:
+            return torch.relu(x)
+        return torch.where(x > 0, x, x * self.p.negative_slope)
+
+
+@register_layer("PReLU")
+class PReLU(Layer):
+    """y = x if x > 0 else a_c * x, with a learnable slope a per channel (axis 1) or one shared slope.
+
+    Bottoms: x (N, C, ...), at least 2 axes.  Tops: y (same shape).
+    Params (prelu_param): filler (default constant 0.25), channel_shared = false.
+    Blobs: slope, shape (C,), or () when channel_shared (Caffe makes a 0-axis blob, count 1).
+    """
+    params = Params("prelu_param", filler=P(FILLER), channel_shared=P(bool, False))
+
+    def setup(self, bottom_shapes):
+        (shape,) = bottom_shapes
+        if len(shape) < 2:
+            raise self.error(f"bottom must have at least 2 axes (N, C, ...), got shape {shape}")
+        filler = self.p.filler if self.p.has("filler") else FILLER.parse(None, self.label)
+        if not self.p.has("filler"):
+            filler.value = 0.25
+        self.add_blob("slope", () if self.p.channel_shared else (shape[1],), filler)
+
+    def forward(self, x):
+        a = self.slope.to(x.dtype)
+        if not self.p.channel_shared:
+            a = a.view(-1, *([1] * (x.dim() - 2)))
+        return torch.where(x > 0, x, a * x)
+
+
+@register_layer("Sigmoid")
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x)).
+
+    Bottoms: x (any shape).  Tops: y (same shape).  Params (sigmoid_param): engine (ignored).
+    """
+    params = Params("sigmoid_param", engine=P(ENGINE, "DEFAULT"))
+
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+@register_layer("TanH")
+class TanH(Layer):
+    """y = tanh(x).
+
+    Bottoms: x (any shape).  Tops: y (same shape).  Params (tanh_param): engine (ignored).
+    """
+    params = Params("tanh_param", engine=P(ENGINE, "DEFAULT"))
+
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+@register_layer("AbsVal")
+class AbsVal(Layer):
+    """y = |x| (gradient sign(x), 0 at 0 as in Caffe).
+
+    Bottoms: x (any shape).  Tops: y (same shape).  Params: none.
+    """
+
+    def forward(self, x):
+        return torch.abs(x)
+
+
+@register_layer("Power")
+class Power(Layer):
+    """y = (shift + scale * x) ** power.
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (power_param): power = 1, scale = 1, shift = 0.
+    When power * scale == 0 the input is ignored, as in Caffe: y = 1 if power == 0 else shift ** power
+    (a constant, with no gradient to x).
+    """
+    params = Params("power_param", power=P(float, 1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+
+    def forward(self, x):
+        p = self.p
+        if p.power * p.scale == 0:
+            return torch.full_like(x, 1.0 if p.power == 0 else p.shift ** p.power)
+        y = x if p.scale == 1 else x * p.scale
+        if p.shift != 0:
+            y = y + p.shift
+        return y if p.power == 1 else y ** p.power
+
+
+def _check_base(layer: Layer) -> float:
+    """Caffe's Exp/Log base: -1 means e; otherwise it must be > 0. Returns ln(base)."""
+    base = layer.p.base
+    if base == -1:
+        return 1.0
+    if not base > 0:
+        raise layer.error(f"base must be strictly positive (or -1 for e), got {base}")
+    return math.log(base)
+
+
+@register_layer("Exp")
+class Exp(Layer):
+    """y = base ** (shift + scale * x)  (base -1 means e).
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (exp_param): base = -1, scale = 1, shift = 0.  base must be > 0 unless -1.
+    """
+    params = Params("exp_param", base=P(float, -1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+
+    def setup(self, bottom_shapes):
+        self.log_base = _check_base(self)
+
+    def forward(self, x):
+        return torch.exp((self.p.shift + self.p.scale * x) * self.log_base)
+
+
+@register_layer("Log")
+class Log(Layer):
+    """y = log_base(shift + scale * x)  (base -1 means e).
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (log_param): base = -1, scale = 1, shift = 0.  base must be > 0 and != 1 unless -1.
+    """
+    params = Params("log_param", base=P(float, -1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+
+    def setup(self, bottom_shapes):
+        self.log_base = _check_base(self)
+        if self.log_base == 0:
+            raise self.error("base 1 has no logarithm (log(1) = 0)")
+
+    def forward(self, x):
+        y = torch.log(self.p.shift + self.p.scale * x)
+        return y if self.log_base == 1 else y / self.log_base
+
+
+@register_layer("Dropout")
+class Dropout(Layer):
+    """Zero each unit with probability dropout_ratio in TRAIN; identity in TEST.
+
+    scale_train = true (Caffe's default): TRAIN y = x * mask / (1 - ratio), TEST y = x.
+    scale_train = false: TRAIN y = x * mask, TEST y = x * (1 - ratio).
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (dropout_param): dropout_ratio = 0.5 (0 <= ratio < 1), scale_train = true (a field of later
+    Caffe versions and forks; BVLC's own proto lacks it).
+    The mask comes from torch's RNG (same distribution as Caffe, not the same numbers).
+    """
+    params = Params("dropout_param", dropout_ratio=P(float, 0.5), scale_train=P(bool, True))
+
+    def setup(self, bottom_shapes):
+        r = self.p.dropout_ratio
+        if not 0 <= r < 1:
+            raise self.error(f"dropout_ratio must be in [0, 1), got {r}")
+
+    def forward(self, x):
+        keep = 1.0 - self.p.dropout_ratio
+        if self.phase == "TRAIN":
+            mask = torch.empty_like(x).bernoulli_(keep)
+            return x * (mask / keep) if self.p.scale_train else x * mask
+        return x if self.p.scale_train else x * keep
+
+
+@register_layer("Softmax")
+class Softmax(Layer):
+    """y_i = exp(x_i) / sum_j exp(x_j) along `axis`.
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (softmax_param): axis = 1 (negative counts from the end), engine (ignored).
+    """
+    params = Params("softmax_param", engine=P(ENGINE, "DEFAULT"), axis=P(int, 1))
+
+    def setup(self, bottom_shapes):
+        self.axis = channel_axis(self.p.axis, len(bottom_shapes[0]), self.where)
+
+    def forward(self, x):
+        return torch.softmax(x, dim=self.axis)

@@ -1,0 +1,153 @@
+"""Caffe's BatchNorm (statistics only) and the Scale / Bias layers that usually follow it."""
+
+from __future__ import annotations
+
+import torch
+
+from layers.base import FILLER, Layer, P, Params, channel_axis
+from layers.registry import register_layer
+
+
+@register_layer("BatchNorm")
+class BatchNorm(Layer):
+    """y = (x - mean_c) / sqrt(var_c + eps) per channel (axis 1); no affine part (that is the Scale layer).
+
+    Training mode (use_global_stats false): mean and biased variance of this batch over N and all spatial
+    axes, and the stored sums are updated (Caffe's exact rule, m = N * spatial size):
+        scale_factor = scale_factor * maf + 1
+        mean_blob    = mean_blob * maf + batch_mean
+        var_blob     = var_blob * maf + m / (m - 1) * batch_var      (m / (m - 1) is 1 when m == 1)
+    Global mode: mean = mean_blob / scale_factor, var = var_blob / scale_factor (both 0 while
+    scale_factor == 0).
+    Bottoms: x (N, C, ...), at least 2 axes.  Tops: y (same shape).
+    Params (batch_norm_param): use_global_stats (default false in TRAIN, true in TEST),
+    moving_average_fraction = 0.999, eps = 1e-5.
+    Blobs (buffers, never learned): mean (C,), variance (C,), scale_factor (1,).
+    As in Caffe the statistics update whenever use_global_stats is false, also in a TEST net that sets it
+    explicitly; a param { } entry with lr_mult != 0 is an error.
+    """
+    params = Params("batch_norm_param", use_global_stats=P(bool, False), moving_average_fraction=P(float, 0.999),
+                    eps=P(float, 1e-5))
+
+    def __init__(self, spec, *args, **kwargs):
+        super().__init__(spec, *args, **kwargs)
+        for ps in spec.param_specs:
+            if ps.lr_mult != 0:
+                raise self.error(f"param {{ lr_mult: {ps.lr_mult:g} }}: batch normalization statistics cannot "
+                                 f"be learned (lr_mult must be 0)")
+
+    def setup(self, bottom_shapes):
+        (shape,) = bottom_shapes
+        if len(shape) < 2:
+            raise self.error(f"bottom must have at least 2 axes (N, C, ...), got shape {shape}")
+        self.use_global_stats = self.p.use_global_stats if self.p.has("use_global_stats") else self.phase == "TEST"
+        c = shape[1]
+        self.add_blob("mean", (c,), learnable=False)
+        self.add_blob("variance", (c,), learnable=False)
+        self.add_blob("scale_factor", (1,), learnable=False)
+
+    def forward(self, x):
+        bshape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.use_global_stats:
+            s = self.scale_factor.to(x.dtype)
+            f = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+            mean, var = self.mean.to(x.dtype) * f, self.variance.to(x.dtype) * f
+        else:
+            dims = [0, *range(2, x.dim())]
+            mean = x.mean(dim=dims)
+            var = (x - mean.view(bshape)).square().mean(dim=dims)
+            self._update(mean.detach(), var.detach(), x.numel() // x.shape[1])
+        return (x - mean.view(bshape)) / torch.sqrt(var.view(bshape) + self.p.eps)
+
+    @torch.no_grad()
+    def _update(self, mean, var, m):
+        maf = self.p.moving_average_fraction
+        correction = m / (m - 1) if m > 1 else 1.0
+        self.scale_factor.mul_(maf).add_(1)
+        self.mean.mul_(maf).add_(mean.to(self.mean.dtype))
+        self.variance.mul_(maf).add_(var.to(self.variance.dtype), alpha=correction)
+
+
+def _operand_axis(layer: Layer, bottom_shapes, what: str):
+    """Where the operand (learned blob or bottom[1]) sits along bottom[0]: (axis, operand shape).
+
+    Caffe's rule: the operand covers bottom[0] axes [axis, axis + num_axes) (num_axes -1: to the end),
+    or with a second bottom, as many axes as that bottom has.
+    """
+    x = bottom_shapes[0]
+    axis = channel_axis(layer.p.axis, len(x), layer.where)
+    if len(bottom_shapes) == 2:
+        operand = tuple(bottom_shapes[1])
+        if len(operand) == 0:
+            return 0, operand
+        if axis + len(operand) > len(x) or tuple(x[axis:axis + len(operand)]) != operand:
+            raise layer.error(f"second bottom has shape {operand} but must equal bottom[0]'s shape "
+                              f"{tuple(x)} from axis {axis}, i.e. {tuple(x[axis:axis + len(operand)])}")
+        return axis, operand
+    k = layer.p.num_axes
+    if k < -1:
+        raise layer.error(f"num_axes must be >= 0, or -1 to extend to the end of bottom[0], got {k}")
+    if k >= 0 and axis + k > len(x):
+        raise layer.error(f"{what} blob's shape extends past bottom[0]'s shape {tuple(x)} when applied from "
+                          f"axis {axis} with num_axes {k}")
+    return axis, tuple(x[axis:] if k == -1 else x[axis:axis + k])
+
+
+def _aligned(t: torch.Tensor, axis: int, x: torch.Tensor) -> torch.Tensor:
+    """`t` (covering x's axes from `axis`) viewed with trailing 1s so it broadcasts against x."""
+    return t.to(x.dtype).reshape(tuple(t.shape) + (1,) * (x.dim() - axis - t.dim()))
+
+
+@register_layer("Scale")
+class Scale(Layer):
+    """y = x * gamma (+ beta), gamma broadcast along bottom[0] from `axis`.
+
+    gamma is a learned blob of shape bottom.shape[axis:axis + num_axes] (num_axes -1: to the end; 0: a
+    scalar), or, with a second bottom, that bottom (shape equal to bottom[0].shape[axis:axis + its ndim]).
+    Bottoms: x, optional gamma.  Tops: y (x's shape).
+    Params (scale_param): axis = 1, num_axes = 1, filler (default constant 1), bias_term = false,
+    bias_filler (default constant 0).
+    Blobs: gamma (without a second bottom), then beta (if bias_term, gamma's shape).
+    """
+    params = Params("scale_param", axis=P(int, 1), num_axes=P(int, 1), filler=P(FILLER), bias_term=P(bool, False),
+                    bias_filler=P(FILLER))
+    num_bottoms = (1, 2)
+
+    def setup(self, bottom_shapes):
+        self.axis, shape = _operand_axis(self, bottom_shapes, "scale")
+        if len(bottom_shapes) == 1:
+            filler = self.p.filler
+            if not self.p.has("filler"):
+                filler = FILLER.parse(None, self.label)
+                filler.value = 1.0
+            self.add_blob("gamma", shape, filler)
+        if self.p.bias_term:
+            self.add_blob("beta", shape, self.p.bias_filler)
+
+    def forward(self, x, gamma=None):
+        y = x * _aligned(self.gamma if gamma is None else gamma, self.axis, x)
+        if self.p.bias_term:
+            y = y + _aligned(self.beta, self.axis, x)
+        return y
+
+
+@register_layer("Bias")
+class Bias(Layer):
+    """y = x + b, b broadcast along bottom[0] from `axis`.
+
+    b is a learned blob of shape bottom.shape[axis:axis + num_axes] (num_axes -1: to the end; 0: a scalar),
+    or, with a second bottom, that bottom (shape equal to bottom[0].shape[axis:axis + its ndim]).
+    Bottoms: x, optional b.  Tops: y (x's shape).
+    Params (bias_param): axis = 1, num_axes = 1, filler (default constant 0).
+    Blobs: bias (without a second bottom).
+    """
+    params = Params("bias_param", axis=P(int, 1), num_axes=P(int, 1), filler=P(FILLER))
+    num_bottoms = (1, 2)
+
+    def setup(self, bottom_shapes):
+        self.axis, shape = _operand_axis(self, bottom_shapes, "bias")
+        if len(bottom_shapes) == 1:
+            self.add_blob("bias", shape, self.p.filler)
+
+    def forward(self, x, b=None):
+        return x + _aligned(self.bias if b is None else b, self.axis, x)
