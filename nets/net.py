@@ -28,9 +28,17 @@ def default_device(device=None) -> torch.device:
     """The device asked for, else CUDA when available, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NetError(f"device '{device}' was asked for but CUDA is not available")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise NetError(f"unknown device '{device}': {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NetError(f"device '{device}' was asked for but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise NetError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    elif dev.type != "cpu":
+        raise NetError(f"unsupported device '{device}' (use cpu or cuda)")
     return dev
 
 
@@ -220,7 +228,9 @@ class Net(nn.Module):
 
     # -- run -----------------------------------------------------------------------------------------------
     def forward(self, _timings: dict[str, float] | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run every layer in order; inputs are tensors for the Input blobs. Returns the output blobs."""
+        """Run every layer in order; inputs are tensors for the Input blobs. Returns the output blobs.
+
+        `_timings`, when given, accumulates each layer's forward seconds under its key in `self.layers`."""
         unknown = set(inputs) - set(self.inputs)
         if unknown:
             name = sorted(unknown)[0]
@@ -229,6 +239,8 @@ class Net(nn.Module):
         blobs: dict[str, torch.Tensor] = {}
         loss = None
         cuda = self.device.type == "cuda"
+        if _timings is not None and cuda:
+            torch.cuda.synchronize(self.device)   # don't bill queued work to the first layer
         for step in self.plan:
             layer = self.layers[step.key]
             t0 = time.perf_counter() if _timings is not None else 0.0
@@ -245,11 +257,17 @@ class Net(nn.Module):
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach()
                            for b, keep in zip(step.bottoms, step.propagate)]
-                tops = as_tuple(layer(*bottoms))
+                try:
+                    tops = as_tuple(layer(*bottoms))
+                except (RuntimeError, ValueError, IndexError) as e:
+                    # e.g. inputs of another shape than the net was built for; the cause stays chained
+                    shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
+                    detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise NetError(f"{step.spec.where}: failed on bottoms {shown}: {detail}") from e
             if _timings is not None:
                 if cuda:
                     torch.cuda.synchronize(self.device)
-                _timings[step.name] = _timings.get(step.name, 0.0) + time.perf_counter() - t0
+                _timings[step.key] = _timings.get(step.key, 0.0) + time.perf_counter() - t0
             for name, value in zip(step.tops, tops):
                 blobs[name] = value
             for value, w in zip(tops, step.loss_weights):
