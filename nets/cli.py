@@ -1,0 +1,214 @@
+"""run-net: build a net from its prototxt and run it, like `caffe test` (default) or `caffe time` (--time).
+
+    python tools/run_net.py NET.prototxt [--phase TRAIN|TEST] [--stage S] [--level N] [--iterations N]
+                            [--weights W.h5] [--device cpu|cuda] [--import MODULE_OR_FILE] [--time] [--seed N]
+
+Test mode runs N forward passes and prints each output blob's mean over them (`name = value`; a tensor
+output is averaged over its elements), then the weighted loss (`loss = value`) when the net has one.
+Time mode runs one warm-up then N forward+backward passes and prints per-layer and total times.
+Input blobs are filled with seeded random normal data of their declared shapes.
+
+Results go to stdout; notes, the progress bar (only on a terminal) and errors go to stderr. A user error
+(NetError) prints one line, `error: <message>`, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from layers.base import as_tuple
+from layers.registry import import_user_module
+from nets.errors import NetError
+from nets.net import Net
+from nets.weights import load_weights
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return n
+
+
+def _device(text: str) -> str:
+    """Syntax only; whether the device exists is the Net's check (a one-line error, exit 2)."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}' (use cpu, cuda or cuda:N)")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="run_net.py",
+        description="Build a net from a prototxt and run it like `caffe test`, or time it like `caffe time`.")
+    ap.add_argument("net", help="net definition (.prototxt)")
+    ap.add_argument("--phase", choices=("TRAIN", "TEST"),
+                    help="net phase (default: TEST; TRAIN with --time, as `caffe time`)")
+    ap.add_argument("--stage", action="append", default=[], metavar="S",
+                    help="net stage for include/exclude rules (repeatable, or comma-separated)")
+    ap.add_argument("--level", type=int, default=0, help="net level for include/exclude rules (default 0)")
+    ap.add_argument("--iterations", type=_positive_int, default=50, metavar="N",
+                    help="passes to run (default 50)")
+    ap.add_argument("--weights", metavar="W.h5", help="HDF5 weights file (Caffe's layout) to load")
+    ap.add_argument("--device", type=_device, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                    help="import a module or .py file that registers layers (repeatable)")
+    ap.add_argument("--time", action="store_true", help="time forward and backward per layer")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except NetError as e:
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
+        return 2
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _run(args) -> int:
+    torch.manual_seed(args.seed)
+    for module in args.imports:
+        import_user_module(module)
+    stages = [s for arg in args.stage for s in arg.split(",") if s]
+    phase = args.phase or ("TRAIN" if args.time else "TEST")
+    net = Net(args.net, phase=phase, stages=stages, level=args.level, device=args.device)
+    if args.weights:
+        _note(str(load_weights(net, args.weights)))
+    inputs = {}
+    for name, shape in net.inputs.items():
+        inputs[name] = torch.randn(shape, device=net.device)
+        _note(f"input '{name}' {shape} filled with random normal data")
+    if args.time:
+        _time(net, inputs, args.iterations)
+    else:
+        _test(net, inputs, args.iterations)
+    return 0
+
+
+def _progress(n: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(range(n), desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+
+
+# -- test ---------------------------------------------------------------------------------------------------
+
+def _test(net, inputs: dict, n: int) -> None:
+    weight = {t: w for step in net.plan for t, w in zip(step.tops, step.loss_weights)}
+    means = dict.fromkeys(net.outputs, 0.0)
+    sums = dict.fromkeys(net.outputs, 0.0)      # loss contribution of weighted outputs is w * sum
+    loss = None
+    with torch.no_grad():
+        for _ in _progress(n, "test"):
+            outputs = net.forward(**inputs)
+            for name, value in outputs.items():
+                value = value.double()
+                means[name] += value.mean().item()
+                if weight.get(name):
+                    sums[name] += value.sum().item()
+            if net.loss is not None:
+                loss = (loss or 0.0) + net.loss.item()
+    for name in net.outputs:
+        line = f"{name} = {means[name] / n:.6g}"
+        if weight.get(name):
+            line += f" (* {weight[name]:g} = {weight[name] * sums[name] / n:.6g} loss)"
+        print(line)
+    if loss is not None:
+        print(f"loss = {loss / n:.6g}")
+
+
+# -- time ---------------------------------------------------------------------------------------------------
+
+def _backward_target(net, outputs: dict):
+    """What the net's backward starts from: its loss, else the sum of its output means."""
+    if net.loss is not None:
+        return net.loss if net.loss.requires_grad else None
+    means = [v.mean() for v in outputs.values() if v.requires_grad]
+    return sum(means) if means else None
+
+
+def _time(net, inputs: dict, n: int) -> None:
+    cuda = net.device.type == "cuda"
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize(net.device)
+        return time.perf_counter()
+
+    # Warm-up pass; hooks keep each layer's bottoms as it received them (after propagate_down detaches).
+    captured: dict[str, tuple] = {}
+
+    def keep(key):
+        def hook(module, args):
+            captured[key] = tuple((a.detach(), a.requires_grad) for a in args)
+        return hook
+
+    hooks = [net.layers[s.key].register_forward_pre_hook(keep(s.key)) for s in net.plan]
+    outputs = net.forward(**inputs)
+    for h in hooks:
+        h.remove()
+    target = _backward_target(net, outputs)
+    if target is not None:
+        target.backward()
+    else:
+        _note("no output of the net needs a gradient; the backward pass is empty")
+
+    layer_fwd: dict[str, float] = {}
+    fwd = bwd = total = 0.0
+    for _ in _progress(n, "time"):
+        net.zero_grad(set_to_none=True)
+        t0 = now()
+        outputs = net.forward(_timings=layer_fwd, **inputs)
+        target = _backward_target(net, outputs)
+        t1 = now()
+        if target is not None:
+            target.backward()
+        t2 = now()
+        fwd, bwd, total = fwd + t1 - t0, bwd + t2 - t1, total + t2 - t0
+    layer_bwd = {s.key: _layer_backward(net.layers[s.key], captured[s.key], n, now) for s in net.plan}
+    net.zero_grad(set_to_none=True)
+
+    ms = 1000.0 / n
+    print("Average time per layer:")
+    for s in net.plan:
+        print(f"{s.name}\tforward: {layer_fwd[s.key] * ms:.3f} ms.")
+        print(f"{s.name}\tbackward: {layer_bwd[s.key] * ms:.3f} ms.")
+    print(f"Average Forward pass: {fwd * ms:.3f} ms.")
+    print(f"Average Backward pass: {bwd * ms:.3f} ms.")
+    print(f"Average Forward-Backward: {total * ms:.3f} ms.")
+    print(f"Total Time: {total * 1000.0:.3f} ms.")
+
+
+def _layer_backward(layer, bottoms: tuple, n: int, now) -> float:
+    """Seconds for n backward passes of one layer alone, rerun on copies of its bottoms (one warm-up)."""
+    total = 0.0
+    for it in range(n + 1):
+        xs = [x.clone().requires_grad_(grad) for x, grad in bottoms]
+        tops = [t for t in as_tuple(layer(*xs)) if t.requires_grad]
+        if not tops:
+            return 0.0
+        grads = [torch.ones_like(t) for t in tops]
+        layer.zero_grad(set_to_none=True)
+        t0 = now()
+        torch.autograd.backward(tops, grad_tensors=grads)
+        if it:
+            total += now() - t0
+    return total
