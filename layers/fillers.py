@@ -28,6 +28,11 @@ def _fan_n(t: torch.Tensor, variance_norm: str) -> float:
 def fill(t: torch.Tensor, filler, where: str) -> torch.Tensor:
     """Fill `t` in place as Caffe's filler of `filler.type` would (distribution, not bit-identical RNG)."""
     kind = filler.type
+    if kind not in FILLER_TYPES:
+        from nets.spec import did_you_mean
+        raise NetError(f"{where}: unknown filler type '{kind}'{did_you_mean(kind, FILLER_TYPES)}")
+    if t.numel() == 0:
+        return t    # nothing to fill (and fan-based rules would divide by zero)
     if kind == "constant":
         return t.fill_(filler.value)
     if kind == "uniform":
@@ -56,9 +61,8 @@ def fill(t: torch.Tensor, filler, where: str) -> torch.Tensor:
             raise NetError(f"{where}: bilinear filler needs a 4-D blob with square kernels, got {tuple(t.shape)}")
         k = t.shape[3]
         f = math.ceil(k / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        c = (k - 1) / (2.0 * f)   # Caffe after its 2017 fix; equals the older rule for k = 2f - f % 2
         ramp = 1 - (torch.arange(k, dtype=t.dtype) / f - c).abs()
         t.copy_((ramp[:, None] * ramp[None, :]).expand_as(t))
         return t
-    from nets.spec import did_you_mean
-    raise NetError(f"{where}: unknown filler type '{kind}'{did_you_mean(kind, FILLER_TYPES)}")
+    raise AssertionError(kind)

@@ -220,8 +220,8 @@ def _layer_spec(msg: Message, v1: bool, loc: Loc | None = None) -> LayerSpec:
     if not name:
         name = f"{ltype.lower()}_{loc.line}"
     spec = LayerSpec(name=name, type=ltype, loc=loc, source=msg)
-    spec.bottoms = [_as_str(f) for f in msg.all("bottom")]
-    spec.tops = [_as_str(f) for f in msg.all("top")]
+    spec.bottoms = [_blob_name(f) for f in msg.all("bottom")]
+    spec.tops = [_blob_name(f) for f in msg.all("top")]
     spec.loss_weights = [_as_float(f) for f in msg.all("loss_weight")]
     spec.propagate_down = [_as_bool(f) for f in msg.all("propagate_down")]
     if msg.all("blobs"):
@@ -256,6 +256,13 @@ def _layer_spec(msg: Message, v1: bool, loc: Loc | None = None) -> LayerSpec:
     return spec
 
 
+def _blob_name(f: Field) -> str:
+    name = _as_str(f)
+    if not name:
+        raise _err(f, f"'{f.name}' needs a non-empty blob name")
+    return name
+
+
 def _input_layers(msg: Message) -> list[LayerSpec]:
     """Net-level `input` with `input_shape` or 4 x `input_dim` -> Input layers (Caffe's upgrade)."""
     inputs = msg.all("input")
@@ -276,7 +283,7 @@ def _input_layers(msg: Message) -> list[LayerSpec]:
         raise _err(inputs[0], f"{len(inputs)} input(s) but {len(shapes)} input_shape(s)")
     out = []
     for f, shape in zip(inputs, shapes):
-        name = _as_str(f)
+        name = _blob_name(f)
         pm = Message([Field("shape", shape, f.loc)], f.loc)
         out.append(LayerSpec(name=name, type="Input", tops=[name], blocks={"input_param": pm}, loc=f.loc))
     return out

@@ -54,8 +54,9 @@ def test_bilinear_matches_closed_form_for_stride_2_upsampling():
     ramp = torch.tensor([0.25, 0.75, 0.75, 0.25])
     assert torch.allclose(k[1, 0], ramp[:, None] * ramp[None, :])
     k3 = fill(torch.empty(1, 1, 3, 3), filler('type: "bilinear"'), "w")
-    # odd kernel 3: f = 2, c = (4 - 1 - 0) / 4 = 0.75 -> ramp = [0.25, 0.75, 0.75]
-    assert torch.allclose(k3[0, 0, 0], torch.tensor([0.0625, 0.1875, 0.1875]))
+    # odd kernel 3: f = 2, c = (3 - 1) / 4 = 0.5 -> ramp = [0.5, 1, 0.5], centred
+    assert torch.allclose(k3[0, 0, 0], torch.tensor([0.25, 0.5, 0.25]))
+    assert torch.allclose(k3[0, 0, 1], torch.tensor([0.5, 1.0, 0.5]))
 
 
 def test_positive_unitball_rows_sum_to_one():
