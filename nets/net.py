@@ -161,7 +161,7 @@ class Net(nn.Module):
             shapes = layer.infer_top_shapes(bottom_shapes)
         except NetError:
             raise
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        except (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError) as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             shown = ", ".join(f"{b} {tuple(s)}" for b, s in zip(ls.bottoms, bottom_shapes))
             raise NetError(f"{ls.where}: cannot run on bottoms {shown}: {detail}") from None
@@ -259,7 +259,7 @@ class Net(nn.Module):
                            for b, keep in zip(step.bottoms, step.propagate)]
                 try:
                     tops = as_tuple(layer(*bottoms))
-                except (RuntimeError, ValueError, IndexError) as e:
+                except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
                     # e.g. inputs of another shape than the net was built for; the cause stays chained
                     shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
                     detail = (str(e).strip().splitlines() or [type(e).__name__])[0]

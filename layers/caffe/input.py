@@ -9,6 +9,12 @@ from layers.fillers import fill
 from layers.registry import register_layer
 
 
+def _check_dims(layer: Layer, shapes) -> None:
+    # Caffe tolerates 0-sized blobs; nothing downstream can use them, so say so here.
+    if any(d <= 0 for s in shapes for d in s):
+        raise layer.error(f"shape dims must be positive, got {', '.join(str(s) for s in shapes)}")
+
+
 @register_layer("Input")
 class Input(Layer):
     """A net input: its tops are the tensors given to Net.forward(name=tensor).
@@ -25,8 +31,7 @@ class Input(Layer):
         shapes = [tuple(s.dim) for s in self.p.shape]
         if len(shapes) not in (1, self.num_top_blobs):
             raise self.error(f"input_param has {len(shapes)} shape(s) for {self.num_top_blobs} top(s)")
-        if any(d < 0 for s in shapes for d in s):
-            raise self.error(f"input shape dims must be >= 0, got {shapes}")
+        _check_dims(self, shapes)
         self.shapes = shapes * self.num_top_blobs if len(shapes) == 1 else shapes
 
     def infer_top_shapes(self, bottom_shapes):
@@ -64,6 +69,7 @@ class DummyData(Layer):
             shapes = [tuple(dims) for dims in zip(*legacy)]
         if len(shapes) not in (1, n):
             raise self.error(f"{len(shapes)} shape(s) for {n} top(s)")
+        _check_dims(self, shapes)
         self.shapes = shapes * n if len(shapes) == 1 else shapes
         fillers = list(p.data_filler) or [FILLER.parse(None, self.label)]
         if len(fillers) not in (1, n):
