@@ -4,7 +4,7 @@
                             [--weights W.h5] [--device cpu|cuda] [--import MODULE_OR_FILE] [--time] [--seed N]
 
 Test mode runs N forward passes and prints each output blob's mean over them (`name = value`; a tensor
-output is averaged over its elements), then the weighted loss (`loss = value`) when the net has one.
+output is averaged over its elements), then the weighted loss (`Loss: value`, as caffe test prints it) when the net has one.
 Time mode runs one warm-up then N forward+backward passes and prints per-layer and total times.
 Input blobs are filled with seeded random normal data of their declared shapes.
 
@@ -132,7 +132,7 @@ def _test(net, inputs: dict, n: int) -> None:
             line += f" (* {weight[name]:g} = {weight[name] * sums[name] / n:.6g} loss)"
         print(line)
     if loss is not None:
-        print(f"loss = {loss / n:.6g}")
+        print(f"Loss: {loss / n:.6g}")
 
 
 # -- time ---------------------------------------------------------------------------------------------------

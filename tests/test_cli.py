@@ -72,7 +72,7 @@ def run(capsys, *argv):
 def test_outputs_and_loss_lines(tmp_path, capsys):
     rc, out, err = run(capsys, write(tmp_path, NET), "--iterations", 3, "--device", "cpu")
     assert rc == 0
-    assert out == ["loss = 4 (* 0.5 = 2 loss)", "m = 2", "loss = 2"]
+    assert out == ["loss = 4 (* 0.5 = 2 loss)", "m = 2", "Loss: 2"]
     assert err == []
 
 
@@ -85,7 +85,7 @@ def test_weights_are_loaded_and_reported(tmp_path, capsys):
     save_weights(net, tmp_path / "w.h5")
     rc, out, err = run(capsys, path, "--iterations", 2, "--device", "cpu", "--weights", tmp_path / "w.h5")
     assert rc == 0
-    assert out == ["loss = 36 (* 0.5 = 18 loss)", "m = 2", "loss = 18"]     # m = mean(2 * [0.5, 1, 1.5])
+    assert out == ["loss = 36 (* 0.5 = 18 loss)", "m = 2", "Loss: 18"]     # m = mean(2 * [0.5, 1, 1.5])
     assert err == [f"note: loaded weights for 2 layer(s) from '{tmp_path / 'w.h5'}'"]
 
 
