@@ -167,6 +167,8 @@ class Layer(nn.Module):
       num_tops    likewise.
       is_loss     top 0 gets loss_weight 1 unless the prototxt says otherwise.
       is_input    the Net feeds this layer's tops from forward(**inputs) instead of calling it.
+      is_source   reads data on the CPU ahead of the network (nets/source.py): index layers (no bottoms,
+                  stateful: get_state()/set_state()) in the main process, readers in worker processes.
     Instance attributes after construction: name, type, phase ("TRAIN"/"TEST"), where (for messages),
     p (parsed params), param_str (python_param's string, for Python layers), blob_names (Caffe order).
     """
@@ -176,6 +178,7 @@ class Layer(nn.Module):
     num_tops: int | tuple[int, int | None] = 1
     is_loss: bool = False
     is_input: bool = False
+    is_source: bool = False
 
     def __init__(self, spec: LayerSpec, bottom_shapes: Sequence[Shape] = (), phase: str = "TRAIN",
                  param_str: str = ""):

@@ -2,6 +2,7 @@
 
     python tools/run_net.py NET.prototxt [--phase TRAIN|TEST] [--stage S] [--level N] [--iterations N]
                             [--weights W.h5] [--device cpu|cuda] [--import MODULE_OR_FILE] [--time] [--seed N]
+                            [--workers N]
 
 Test mode runs N forward passes and prints each output blob's mean over them (`name = value`; a tensor
 output is averaged over its elements), then the weighted loss (`Loss: value`, as caffe test prints it) when the net has one.
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="import a module or .py file that registers layers (repeatable)")
     ap.add_argument("--time", action="store_true", help="time forward and backward per layer")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="processes reading data ahead of the net (default: min(2, cores); 0 reads inline)")
     return ap
 
 
@@ -90,17 +93,20 @@ def _run(args) -> int:
         import_user_module(module)
     stages = [s for arg in args.stage for s in arg.split(",") if s]
     phase = args.phase or ("TRAIN" if args.time else "TEST")
-    net = Net(args.net, phase=phase, stages=stages, level=args.level, device=args.device)
+    net = Net(args.net, phase=phase, stages=stages, level=args.level, device=args.device, workers=args.workers)
     if args.weights:
         _note(str(load_weights(net, args.weights)))
     inputs = {}
     for name, shape in net.inputs.items():
         inputs[name] = torch.randn(shape, device=net.device)
         _note(f"input '{name}' {shape} filled with random normal data")
-    if args.time:
-        _time(net, inputs, args.iterations)
-    else:
-        _test(net, inputs, args.iterations)
+    try:
+        if args.time:
+            _time(net, inputs, args.iterations)
+        else:
+            _test(net, inputs, args.iterations)
+    finally:
+        net.close()
     return 0
 
 
@@ -183,7 +189,9 @@ def _time(net, inputs: dict, n: int) -> None:
             target.backward()
         t2 = now()
         fwd, bwd, total = fwd + t1 - t0, bwd + t2 - t1, total + t2 - t0
-    layer_bwd = {s.key: _layer_backward(net.layers[s.key], captured[s.key], n, now) for s in net.plan}
+    # source layers ran ahead in the source stage (no hook fired): nothing to differentiate
+    layer_bwd = {s.key: _layer_backward(net.layers[s.key], captured[s.key], n, now) if s.key in captured else 0.0
+                 for s in net.plan}
     net.zero_grad(set_to_none=True)
 
     ms = 1000.0 / n

@@ -19,6 +19,7 @@ from torch import nn
 from layers.base import Layer, Shape, as_tuple
 from layers.registry import get_layer_class, load_python_layer
 from nets.errors import NetError
+from nets.source import SourceStage
 from nets.spec import LayerSpec, NetSpec, _as_str, did_you_mean, load_net_spec
 
 __all__ = ["Net", "default_device"]
@@ -55,6 +56,7 @@ class Step:
     lr_mults: list[float] = field(default_factory=list)
     decay_mults: list[float] = field(default_factory=list)
     has_blobs: bool = False
+    is_source: bool = False       # runs in the source stage (nets/source.py), ahead of the network
 
 
 @dataclass
@@ -68,7 +70,10 @@ class ParamInfo:
 
 
 class Net(nn.Module):
-    def __init__(self, net, phase: str = "TRAIN", stages=(), level: int = 0, device=None):
+    def __init__(self, net, phase: str = "TRAIN", stages=(), level: int = 0, device=None,
+                 workers: int | None = None):
+        """`workers`: processes that read data ahead of the network (default nets.source.default_workers();
+        0 reads inline)."""
         super().__init__()
         self.spec: NetSpec = load_net_spec(net, phase, stages, level)
         self.phase = phase
@@ -82,6 +87,8 @@ class Net(nn.Module):
         self.param_info: list[ParamInfo] = []
         self._build()
         self.outputs: list[str] = self._find_outputs()
+        source_steps = [st for st in self.plan if st.is_source]
+        self.source = SourceStage(self, source_steps, workers) if source_steps else None
         self.device = default_device(device)
         self.to(self.device)
 
@@ -91,6 +98,7 @@ class Net(nn.Module):
         later_producers = {t: ls for ls in reversed(self.spec.layers) for t in ls.tops}
         shared: dict[str, tuple[Step, int, nn.Parameter]] = {}
         named: dict[str, Step] = {}
+        source_blobs: set[str] = set()
         for ls in self.spec.layers:
             for b in ls.bottoms:
                 if b not in self.blob_shapes:
@@ -108,10 +116,17 @@ class Net(nn.Module):
             bottom_shapes = [self.blob_shapes[b] for b in ls.bottoms]
             top_shapes = self._infer(layer, ls, bottom_shapes)
             step = self._make_step(ls, layer)
+            step.is_source = layer.is_source and all(b in source_blobs for b in ls.bottoms)
+            if step.is_source:
+                source_blobs.update(ls.tops)
+            else:
+                source_blobs.difference_update(ls.tops)   # an in-place layer on a source blob
             self._share_params(step, layer, shared)
             self._check_name(step, layer, named)
             key = ls.name.replace(".", "_")
-            while key in self.layers:   # module names must be unique; Caffe's layer names need not be
+            # module names must be unique (Caffe's layer names need not be) and not shadow ModuleDict's
+            # methods (a layer named "double" or "train")
+            while key in self.layers or hasattr(nn.ModuleDict, key):
                 key += "_"
             step.key = key
             self.layers[key] = layer
@@ -231,18 +246,36 @@ class Net(nn.Module):
         """Run every layer in order; inputs are tensors for the Input blobs. Returns the output blobs.
 
         `_timings`, when given, accumulates each layer's forward seconds under its key in `self.layers`."""
-        unknown = set(inputs) - set(self.inputs)
+        source_tops = self.source.tops if self.source else []
+        unknown = set(inputs) - set(self.inputs) - set(source_tops)
         if unknown:
             name = sorted(unknown)[0]
-            raise NetError(f"net '{self.name}' has no input blob '{name}'{did_you_mean(name, self.inputs)}"
-                           f" (inputs: {', '.join(self.inputs) or 'none'})")
+            known = list(self.inputs) + source_tops
+            raise NetError(f"net '{self.name}' has no input blob '{name}'{did_you_mean(name, known)}"
+                           f" (inputs: {', '.join(known) or 'none'})")
         blobs: dict[str, torch.Tensor] = {}
         loss = None
         cuda = self.device.type == "cuda"
         if _timings is not None and cuda:
             torch.cuda.synchronize(self.device)   # don't bill queued work to the first layer
+        # Source blobs given by the caller (e.g. chosen sample indices) are read inline from them.
+        inline_source = any(t in inputs for t in source_tops)
+        if self.source is not None and not inline_source:
+            t0 = time.perf_counter()
+            batch = self.source.next_batch()
+            blobs.update({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+            if _timings is not None:   # the source stage runs ahead: its cost is the time the net waited
+                last = [st for st in self.plan if st.is_source][-1].key
+                _timings[last] = _timings.get(last, 0.0) + time.perf_counter() - t0
         for step in self.plan:
             layer = self.layers[step.key]
+            if step.is_source:
+                if not inline_source:
+                    continue
+                if all(t in inputs for t in step.tops):
+                    for t in step.tops:
+                        blobs[t] = torch.as_tensor(inputs[t]).to(self.device)
+                    continue
             t0 = time.perf_counter() if _timings is not None else 0.0
             if layer.is_input:
                 tops = []
@@ -277,6 +310,11 @@ class Net(nn.Module):
         self.blobs = blobs
         self.loss = loss
         return {name: blobs[name] for name in self.outputs}
+
+    def close(self) -> None:
+        """Stop the source stage's worker processes."""
+        if self.source is not None:
+            self.source.close()
 
     # -- views -----------------------------------------------------------------------------------------------
     @property

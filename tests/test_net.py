@@ -100,6 +100,16 @@ def test_layers_without_weights_may_share_a_name_as_in_caffe():
     assert len(n.layers) == 3 and n.outputs == ["l1", "l2"]
 
 
+def test_layer_names_that_are_module_methods_work():
+    n = net("""
+        input: "x" input_shape { dim: 1 }
+        layer { name: "double" type: "TestAffine" bottom: "x" top: "y" }
+        layer { name: "train" type: "TestAffine" bottom: "y" top: "z" }
+    """)
+    assert n.forward(x=torch.ones(1))["z"].item() == pytest.approx(2 * 2.5 + 0.5)
+    assert n.layer("double").w.item() == 2.0 and n.layer_names == ["x", "double", "train"]
+
+
 def test_outputs_are_sorted_like_caffes_set():
     n = net("""
         input: "x" input_shape { dim: 1 }

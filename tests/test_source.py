@@ -1,0 +1,113 @@
+"""The source stage: index layers in the main process, readers in worker processes, order and exact state."""
+
+import os
+
+import pytest
+import torch
+
+from layers.base import Layer, P, Params
+from layers.registry import register_layer
+from nets.errors import NetError
+from nets.net import Net
+
+
+@register_layer("CounterIndexForTest")
+class CounterIndex(Layer):
+    """Next B integers from a cursor (a stateful index layer, test-only)."""
+    params = Params("counter_param", batch_size=P(int, 4))
+    num_bottoms = 0
+    is_source = True
+
+    def setup(self, bottom_shapes):
+        self.cursor = 0
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [(self.p.batch_size, 1)]
+
+    def forward(self):
+        out = torch.arange(self.cursor, self.cursor + self.p.batch_size, dtype=torch.float32).view(-1, 1)
+        self.cursor += self.p.batch_size
+        return out
+
+    def get_state(self):
+        return {"cursor": self.cursor}
+
+    def set_state(self, state):
+        self.cursor = state["cursor"]
+
+
+@register_layer("PidReaderForTest")
+class PidReader(Layer):
+    """Reads 'sample i' = (10 * i, pid of the reading process) (test-only reader)."""
+    num_tops = 2
+    is_source = True
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0], (bottom_shapes[0][0],)]
+
+    def forward(self, index):
+        return index * 10, torch.full((index.shape[0],), float(os.getpid()))
+
+
+NET = """
+layer { name: "idx" type: "CounterIndexForTest" top: "idx" counter_param { batch_size: 3 } }
+layer { name: "read" type: "PidReaderForTest" bottom: "idx" top: "value" top: "pid" }
+layer { name: "double" type: "Power" bottom: "value" top: "out" power_param { scale: 2 } }
+"""
+
+
+def values(net, n):
+    return [net.forward()["out"].view(-1).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_come_in_order_from_any_number_of_workers(workers):
+    net = Net(NET, device="cpu", workers=workers)
+    try:
+        got = values(net, 5)
+        assert got == [[20.0 * i for i in range(3 * b, 3 * b + 3)] for b in range(5)]
+        pids = {net.blobs["pid"][0].item() for _ in range(4) if net.forward()}
+        if workers:
+            assert os.getpid() not in pids      # decoded in worker processes
+        else:
+            assert pids == {os.getpid()}
+    finally:
+        net.close()
+
+
+def test_state_is_that_of_the_last_consumed_batch_despite_prefetch():
+    net = Net(NET, device="cpu", workers=2)
+    try:
+        values(net, 2)
+        assert net.layer("idx").cursor > 6            # the index layer ran ahead (prefetch)
+        assert net.source.state() == [{"cursor": 6}]  # but two batches of 3 were consumed
+        state = net.source.state()
+        expected = values(net, 3)
+        net.source.set_state(state)
+        assert values(net, 3) == expected             # resume continues exactly
+    finally:
+        net.close()
+
+
+def test_close_rewinds_prefetched_batches():
+    net = Net(NET, device="cpu", workers=2)
+    first = values(net, 1)
+    net.close()
+    assert net.layer("idx").cursor == 3
+    assert values(net, 1) == [[60.0, 80.0, 100.0]] and first == [[0.0, 20.0, 40.0]]
+    net.close()
+
+
+def test_given_indices_are_read_inline():
+    net = Net(NET, device="cpu", workers=2)
+    out = net.forward(idx=torch.tensor([[7.0], [1.0]]))
+    assert out["out"].view(-1).tolist() == [140.0, 20.0]
+    assert net.layer("idx").cursor == 0 and net.source._iter is None
+    with pytest.raises(NetError, match="no input blob 'idxx' \\(did you mean idx\\?\\)"):
+        net.forward(idxx=torch.zeros(1, 1))
+
+
+def test_only_layers_fed_by_source_layers_join_the_stage():
+    net = Net(NET, device="cpu", workers=0)
+    assert [s.name for s in net.plan if s.is_source] == ["idx", "read"]
+    assert net.source.index_steps[0].name == "idx" and net.source.reader_steps[0].name == "read"
