@@ -15,5 +15,5 @@ setup(
         "matplotlib",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
-    entry_points={"console_scripts": ["run-net = nets.cli:main"]},
+    entry_points={"console_scripts": ["run-net = nets.cli:main", "draw-net = nets.draw:main"]},
 )
