@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import collections
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from layers.base import as_tuple
+from nets.errors import NetError
 
 if TYPE_CHECKING:
     from nets.net import Net, Step
@@ -36,6 +38,12 @@ def _run_steps(steps, modules, blobs: dict) -> dict:
         tops = as_tuple(modules[step.key](*[blobs[b] for b in step.bottoms]))
         blobs.update(zip(step.tops, tops))
     return blobs
+
+
+def _shutdown(loader_iter) -> None:
+    shutdown = getattr(loader_iter, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 class _Readers(Dataset):
@@ -66,12 +74,22 @@ class _Draws(Sampler):
 class SourceStage:
     def __init__(self, net: "Net", steps: list["Step"], workers: int | None = None, prefetch: int = 4):
         self.net = net
+        # Stateful layers (get_state) and layers without bottoms run in the main process: their order and
+        # state must be exact. A stateful layer fed by index layers (CrossValidationRandomChooseIndex) is fine;
+        # one fed by a reader would have to run in a worker, where its state would fork.
         produced_by_index: set[str] = set()
         self.index_steps, self.reader_steps = [], []
         for step in steps:
-            (self.reader_steps if step.bottoms else self.index_steps).append(step)
-            if not step.bottoms:
+            stateful = hasattr(net.layers[step.key], "get_state")
+            if stateful or not step.bottoms:
+                late = [b for b in step.bottoms if b not in produced_by_index]
+                if late:
+                    raise NetError(f"{step.spec.where}: a stateful data layer must be fed by index layers only, "
+                                   f"but bottom '{late[0]}' is read in a worker process")
+                self.index_steps.append(step)
                 produced_by_index.update(step.tops)
+            else:
+                self.reader_steps.append(step)
         self.index_blobs = sorted(produced_by_index)
         self.workers = default_workers() if workers is None else int(workers)
         self.prefetch = prefetch
@@ -128,6 +146,8 @@ class SourceStage:
                                   prefetch_factor=self.prefetch, persistent_workers=False,
                                   pin_memory=self.net.device.type == "cuda")
         self._iter = iter(self._loader)
+        # stop the workers when the stage goes away or at interpreter exit (else exit waits on them)
+        self._finalizer = weakref.finalize(self, _shutdown, self._iter)
 
     def close(self) -> None:
         """Stop the worker processes (they restart on the next batch). Index layers step back to the state
@@ -137,8 +157,6 @@ class SourceStage:
                 if s is not None:
                     layer.set_state(s)
         if self._iter is not None:
-            shutdown = getattr(self._iter, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            self._finalizer()
         self._iter = self._loader = None
         self._pending_states.clear()

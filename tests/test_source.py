@@ -111,3 +111,49 @@ def test_only_layers_fed_by_source_layers_join_the_stage():
     net = Net(NET, device="cpu", workers=0)
     assert [s.name for s in net.plan if s.is_source] == ["idx", "read"]
     assert net.source.index_steps[0].name == "idx" and net.source.reader_steps[0].name == "read"
+
+
+@register_layer("ChooserForTest")
+class Chooser(Layer):
+    """A stateful source layer with a bottom (like CrossValidationRandomChooseIndex): adds a counter."""
+    is_source = True
+
+    def setup(self, bottom_shapes):
+        self.calls = 0
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, x):
+        self.calls += 1
+        return x + 1000 * self.calls
+
+    def get_state(self):
+        return {"calls": self.calls}
+
+    def set_state(self, state):
+        self.calls = state["calls"]
+
+
+def test_stateful_layers_fed_by_index_layers_run_in_the_main_process():
+    net = Net("""
+        layer { name: "idx" type: "CounterIndexForTest" top: "idx" counter_param { batch_size: 2 } }
+        layer { name: "choose" type: "ChooserForTest" bottom: "idx" top: "chosen" }
+        layer { name: "read" type: "PidReaderForTest" bottom: "chosen" top: "value" top: "pid" }
+    """, device="cpu", workers=2)
+    try:
+        assert [s.name for s in net.source.index_steps] == ["idx", "choose"]
+        firsts = [net.forward()["value"].view(-1).tolist() for _ in range(3)]
+        assert firsts == [[10000.0, 10010.0], [20020.0, 20030.0], [30040.0, 30050.0]]
+        assert net.source.state() == [{"cursor": 6}, {"calls": 3}]
+    finally:
+        net.close()
+
+
+def test_stateful_layer_fed_by_a_reader_is_refused():
+    with pytest.raises(NetError, match="stateful data layer must be fed by index layers only, but bottom 'value'"):
+        Net("""
+            layer { name: "idx" type: "CounterIndexForTest" top: "idx" }
+            layer { name: "read" type: "PidReaderForTest" bottom: "idx" top: "value" top: "pid" }
+            layer { name: "choose" type: "ChooserForTest" bottom: "value" top: "chosen" }
+        """, device="cpu", workers=0)
