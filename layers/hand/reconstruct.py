@@ -1,0 +1,302 @@
+"""3D reconstruction from the 2.5D pose (memo steps 16-19; Iqbal et al. Sec 3.2-3.3; SPEC section 4): back to the
+original image, the scale-normalised root depth, scale recovery, camera-frame 3D; the author's Caffe types for
+the same steps (SPEC section 6).
+
+Notation: u, v pixels in the original image; (fx, fy, u0, v0) the camera (ReadCameraIntrinsics' top);
+x_k = (u_k - u0) / fx, y_k = (v_k - v0) / fy the K^-1-normalised image coordinates; zr_k = (Z_k - Z_root) / s the
+scale-normalised root-relative depth (LatentDepth's top). A joint at scale-normalised depth Zn_k lies at
+Zn_k (x_k, y_k, 1); times the hand scale s it is the camera-frame point in mm.
+
+The graph of memo steps 16-19 (bottoms' names are examples):
+    CropToImage(joints_crop, bbox)                          -> joints_2d  (pixels)
+    RootDepth(joints_2d, zr, intrinsics)                    -> zroot
+    Reconstruct3D(joints_2d, zr, zroot, intrinsics)         -> joints_norm (scale-normalised 3D)
+    ScaleRecovery(joints_norm, avg_bone)                    -> scale
+    Reconstruct3D(joints_2d, zr, zroot, intrinsics, scale)  -> joints_3d (mm)    (or ScaleVectorBySingleVector)
+
+All layers run on the bottoms' device in their dtype, vectorised over the batch, differentiable (autograd) where
+the formula is. The author's types take the camera as four (B, 1) bottoms fx, fy, u0, v0, in his order (his
+sources: strawberryfg/RHDHand, deep_hand_model_solve_*_layer.cpp, and RHDLatentHMMapRawPaper/train.prototxt).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from layers.base import Layer, P, Params, Shape
+from layers.hand.ground_truth import _check_joint, _check_per_sample
+from layers.hand.skeleton import BONES, NUM_BONES, NUM_JOINTS, REF_BONE
+from layers.registry import register_layer
+
+_BONE_A = [a for a, _ in BONES]
+_BONE_B = [b for _, b in BONES]
+
+
+def _num_joints_2d(layer: Layer, shape: Shape, what: str) -> int:
+    if len(shape) != 2 or shape[1] == 0 or shape[1] % 2:
+        raise layer.error(f"{what} must be (B, 2K) with u, v per joint, e.g. (B, 42); got shape {shape}")
+    return shape[1] // 2
+
+
+def _check_shape(layer: Layer, shape: Shape, want: Shape, what: str) -> None:
+    if tuple(shape) != tuple(want):
+        raise layer.error(f"{what} must be {_show(want)}; got shape {tuple(shape)}")
+
+
+def _show(shape: Shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _check_2d_and_depth(layer: Layer, shapes: list[Shape]) -> int:
+    """Bottoms 0-1: joints_2d (B, 2K), zr (B, K). Returns K."""
+    k = _num_joints_2d(layer, shapes[0], "bottom 0 (2D joints)")
+    _check_shape(layer, shapes[1], (shapes[0][0], k), "bottom 1 (zr), one depth per joint of bottom 0,")
+    return k
+
+
+def _camera_xy(joints_2d: torch.Tensor, intrinsics: torch.Tensor):
+    """(x, y), each (B, K): K^-1-normalised image coordinates of pixels joints_2d (B, 2K)."""
+    uv = joints_2d.reshape(joints_2d.shape[0], -1, 2)
+    fx, fy, u0, v0 = intrinsics.reshape(-1, 4).unbind(dim=1)
+    return (uv[..., 0] - u0[:, None]) / fx[:, None], (uv[..., 1] - v0[:, None]) / fy[:, None]
+
+
+def _intrinsics_of(fx, fy, u0, v0) -> torch.Tensor:
+    """The author's four (B, 1) camera bottoms -> (B, 4)."""
+    return torch.cat([t.reshape(-1, 1) for t in (fx, fy, u0, v0)], dim=1)
+
+
+# ------------------------------------------------------------------------------------------ step 16
+
+@register_layer("CropToImage")
+class CropToImage(Layer):
+    """2D joints from crop units back to original-image pixels (memo step 16; SPEC section 4):
+
+        u = u' (x2 - x1 + 1) + x1,    v = v' (y2 - y1 + 1) + y1
+
+    the inverse of the converter's crop_gt_2d (u' = (u - x1) / (x2 - x1 + 1)).
+    Bottoms: joints (B, 2K) u' v' per joint in crop units; bbox (B, 4) x1 y1 x2 y2 (ReadBBox's top).
+    Tops: joints_2d (B, 2K) pixels.  Params: none.
+    The author's net did this with ScaleVectorBySingleVector / AddVectorBySingleVector and a width of x2 - x1,
+    one pixel short of the crop his layout defines.
+    """
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        joints, bbox = bottom_shapes
+        _num_joints_2d(self, joints, "bottom 0 (crop joints)")
+        _check_shape(self, bbox, (joints[0], 4), "bottom 1 (bbox) x1, y1, x2, y2 per sample")
+
+    def forward(self, joints, bbox):
+        x1, y1, x2, y2 = bbox.unbind(dim=1)
+        origin = torch.stack([x1, y1], dim=1)[:, None, :]
+        size = torch.stack([x2 - x1 + 1, y2 - y1 + 1], dim=1)[:, None, :]
+        uv = joints.reshape(joints.shape[0], -1, 2)
+        return (uv * size + origin).flatten(1)
+
+
+# ------------------------------------------------------------------------------------------ step 17
+
+@register_layer("RootDepth")
+class RootDepth(Layer):
+    """Scale-normalised root depth Zroot (memo step 17; Iqbal et al. Sec 3.2; SPEC section 4): the larger root of
+    a Z^2 + b Z + c = 0, which says that the bone n-m has length C once each joint k sits at depth Zroot + zr_k:
+
+        a = (x_n - x_m)^2 + (y_n - y_m)^2
+        b = 2 [ zr_n (x_n^2 + y_n^2 - x_n x_m - y_n y_m) + zr_m (x_m^2 + y_m^2 - x_n x_m - y_n y_m) ]
+        c = (x_n zr_n - x_m zr_m)^2 + (y_n zr_n - y_m zr_m)^2 + (zr_n - zr_m)^2 - C^2
+        Zroot = (-b + sqrt(b^2 - 4 a c)) / (2 a)
+
+    Bottoms: joints_2d (B, 2K) original-image pixels (CropToImage's top); zr (B, K) scale-normalised
+    root-relative depth (LatentDepth's top); intrinsics (B, 4) fx, fy, u0, v0 (ReadCameraIntrinsics' top).
+    Tops: zroot (B, 1); optional clamped (1,): the number of samples of the batch whose discriminant was negative
+    (no gradient); optional ambiguous (B, 1): 1 where c > 0 and both roots are positive (the bone n-m points
+    nearly along the viewing ray, and the larger root may be the wrong one: SPEC section 4 wants them counted),
+    else 0 (no gradient).
+    Params (root_depth_param): n = 8 (index MCP), m = 0 (wrist), c = 1 (C, the reference bone's length in
+    scale-normalised units).
+    Numerics: a negative discriminant (inconsistent predictions) is clamped at 0, giving the vertex -b / (2a),
+    finite, with a finite gradient (sqrt's argument is floored at eps^2, eps the dtype's epsilon). Where b > 0
+    the root is computed as -2c / (b + sqrt(b^2 - 4ac)) (no cancellation, no division by a); elsewhere a is
+    floored at eps^2, so a 2D bone of zero length (a = b = 0: the depth is undetermined) gives a huge but
+    finite Zroot rather than inf or NaN.
+    """
+    params = Params("root_depth_param", n=P(int, REF_BONE[0]), m=P(int, REF_BONE[1]), c=P(float, 1.0))
+    num_bottoms = 3
+    num_tops = (1, 3)
+
+    def setup(self, bottom_shapes):
+        k = _check_2d_and_depth(self, bottom_shapes)
+        _check_shape(self, bottom_shapes[2], (bottom_shapes[0][0], 4),
+                     "bottom 2 (intrinsics) fx, fy, u0, v0 per sample")
+        self._check_params(k)
+
+    def _check_params(self, k: int) -> None:
+        _check_joint(self, "n", self.p.n, k)
+        _check_joint(self, "m", self.p.m, k)
+        if self.p.n == self.p.m:
+            raise self.error(f"n and m must be different joints (both are {self.p.n})")
+        if not self.p.c > 0:
+            raise self.error(f"c (the reference bone's length) must be positive, got {self.p.c:g}")
+
+    def forward(self, joints_2d, zr, intrinsics):
+        x, y = _camera_xy(joints_2d, intrinsics)
+        n, m = self.p.n, self.p.m
+        xn, yn, zn, xm, ym, zm = x[:, n], y[:, n], zr[:, n], x[:, m], y[:, m], zr[:, m]
+        dx, dy = xn - xm, yn - ym
+        px, py = xn * zn - xm * zm, yn * zn - ym * zm        # J_n - J_m at Zroot = 0 (x, y parts)
+        a = dx * dx + dy * dy
+        b = 2.0 * (dx * px + dy * py)
+        c = px * px + py * py + (zn - zm) ** 2 - self.p.c ** 2
+        disc = b * b - 4.0 * a * c
+        clamped = disc < 0
+        eps = torch.finfo(disc.dtype).eps
+        sq = torch.sqrt(disc.clamp_min(eps * eps))          # floored: sqrt's gradient stays finite
+        stable = (b > 0) & ~clamped
+        # Both branches are finite everywhere (the unused one too), so torch.where passes no NaN gradient.
+        root_stable = -2.0 * c / torch.where(stable, b + sq, torch.ones_like(b))
+        root_plain = (sq - b) / (2.0 * torch.where(stable, torch.ones_like(a), a.clamp_min(eps * eps)))
+        zroot = torch.where(stable, root_stable, root_plain).unsqueeze(1)
+        if self.num_top_blobs == 1:
+            return zroot
+        tops = [zroot, clamped.sum().reshape(1).to(zroot.dtype)]
+        if self.num_top_blobs == 3:
+            tops.append(((c > 0) & (b < 0) & ~clamped).to(zroot.dtype).unsqueeze(1))
+        return tuple(tops)
+
+
+# ------------------------------------------------------------------------------------------ step 19 (and 17's end)
+
+@register_layer("Reconstruct3D")
+class Reconstruct3D(Layer):
+    """Camera-frame 3D joints from the 2.5D pose (memo steps 17 and 19; SPEC section 4):
+
+        Zn_k = Zroot + zr_k,   Xn_k = x_k Zn_k,   Yn_k = y_k Zn_k        (scale-normalised 3D)
+        J_k = s (Xn_k, Yn_k, Zn_k)                                        (with the scale bottom)
+
+    Two uses: without the scale bottom the top is the scale-normalised 3D (ScaleRecovery's input, the
+    reference bone of length C); with it (ScaleRecovery's top, or the GT HandScale) it is the metric 3D in
+    the scale's unit (mm with avg_bone.txt).
+    Bottoms: joints_2d (B, 2K) pixels; zr (B, K); zroot (B, 1) (RootDepth's top); intrinsics (B, 4) fx, fy, u0,
+    v0; optional scale (B, 1).
+    Tops: joints_3d (B, 3K), x y z per joint.  Params: none.
+    """
+    num_bottoms = (4, 5)
+
+    def setup(self, bottom_shapes):
+        _check_2d_and_depth(self, bottom_shapes)
+        batch = bottom_shapes[0][0]
+        _check_per_sample(self, bottom_shapes[2], batch, "bottom 2 (zroot)")
+        _check_shape(self, bottom_shapes[3], (batch, 4), "bottom 3 (intrinsics) fx, fy, u0, v0 per sample")
+        if len(bottom_shapes) == 5:
+            _check_per_sample(self, bottom_shapes[4], batch, "bottom 4 (scale)")
+
+    def forward(self, joints_2d, zr, zroot, intrinsics, scale=None):
+        x, y = _camera_xy(joints_2d, intrinsics)
+        z = zroot.reshape(-1, 1) + zr
+        xyz = torch.stack([x * z, y * z, z], dim=-1).flatten(1)
+        return xyz if scale is None else xyz * scale.reshape(-1, 1)
+
+
+# ------------------------------------------------------------------------------------------ step 18
+
+@register_layer("ScaleRecovery")
+class ScaleRecovery(Layer):
+    """Hand scale from the scale-normalised 3D and the mean bone lengths (memo step 18; Iqbal et al. Sec 3.3):
+
+        s_hat = argmin_s sum_j (s d_j - L_j)^2 = sum_j L_j d_j / sum_j d_j^2
+
+    d_j: the lengths of the 20 bones (skeleton.BONES) of the scale-normalised 3D; L_j: avg_bone.txt's.
+    Bottoms: joints_norm (B, 63) scale-normalised 3D (Reconstruct3D's top without scale); avg_bone (B, 20)
+    (ReadBoneLength's top).
+    Tops: scale (B, 1), in avg_bone's unit (mm).  Params: none.
+    A degenerate hand (all joints at one point) gives 0, with a zero gradient.
+    """
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        joints, bones = bottom_shapes
+        if len(joints) != 2 or joints[1] != 3 * NUM_JOINTS:
+            raise self.error(f"bottom 0 (scale-normalised 3D) must be (B, {3 * NUM_JOINTS}), x y z of the "
+                             f"{NUM_JOINTS} RHD joints; got shape {tuple(joints)}")
+        _check_shape(self, bones, (joints[0], NUM_BONES), "bottom 1 (average bone lengths), skeleton.BONES order,")
+
+    def forward(self, joints_norm, avg_bone):
+        j = joints_norm.reshape(joints_norm.shape[0], NUM_JOINTS, 3)
+        d = torch.linalg.vector_norm(j[:, _BONE_A] - j[:, _BONE_B], dim=-1)
+        den = (d * d).sum(dim=1, keepdim=True)
+        ok = den > 0
+        # the unused branch divides by 1, so torch.where passes no NaN gradient
+        return torch.where(ok, (avg_bone * d).sum(dim=1, keepdim=True) / torch.where(ok, den, 1.0), 0.0)
+
+
+# ------------------------------------------------------------------------------------------ the author's types
+
+def _check_camera_bottoms(layer: Layer, shapes: list[Shape]) -> None:
+    """Bottoms 2-5 of the author's types: fx, fy, u0, v0, one value per sample each."""
+    for i, name in enumerate(("fx", "fy", "u0", "v0"), start=2):
+        _check_per_sample(layer, shapes[i], shapes[0][0], f"bottom {i} ({name})")
+
+
+def _check_joint_num(layer: Layer, k: int) -> None:
+    if layer.p.has("joint_num") and layer.p.joint_num != k:
+        raise layer.error(f"joint_num {layer.p.joint_num} does not match the bottoms' {k} joints")
+
+
+@register_layer("DeepHandModelSolveScaleNormalizedGlobalZRoot")
+class DeepHandModelSolveScaleNormalizedGlobalZRoot(RootDepth):
+    """The author's type for RootDepth (SPEC section 6), with his bottoms.
+
+    Bottoms (his order): joints_2d (B, 2K) pixels; zr (B, K); fx, fy, u0, v0 (B, 1) each.
+    Tops: zroot (B, 1); optional clamped count (1,) and ambiguous flags (B, 1), as RootDepth.
+    Params (deep_hand_model_solve_scale_normalized_global_z_root_param): joint_num = 21, n = 8, m = 0, c = 1
+    (his net's values; joint_num, when given, must match the bottoms).
+    Differs from the original: sample t reads its own zr (the original read zr at offset t * 2K, another
+    sample's or past the blob, for every t > 0); a negative discriminant is clamped (the original gave NaN);
+    a zero discriminant gives the double root (the original gave 0); the gradient flows (his backward was empty).
+    """
+    params = Params("deep_hand_model_solve_scale_normalized_global_z_root_param", joint_num=P(int, NUM_JOINTS),
+                    n=P(int, REF_BONE[0]), m=P(int, REF_BONE[1]), c=P(float, 1.0))
+    num_bottoms = 6
+
+    def setup(self, bottom_shapes):
+        k = _check_2d_and_depth(self, bottom_shapes)
+        _check_camera_bottoms(self, bottom_shapes)
+        _check_joint_num(self, k)
+        self._check_params(k)
+
+    def forward(self, joints_2d, zr, fx, fy, u0, v0):
+        return super().forward(joints_2d, zr, _intrinsics_of(fx, fy, u0, v0))
+
+
+@register_layer("DeepHandModelSolveScaleNormalizedGlobalLocation")
+class DeepHandModelSolveScaleNormalizedGlobalLocation(Reconstruct3D):
+    """The author's type for Reconstruct3D without scale (SPEC section 6): Zn_k = Zroot + zr_k,
+    Xn_k = (u_k - u0) Zn_k / fx, Yn_k = (v_k - v0) Zn_k / fy.
+
+    Bottoms (his order): joints_2d (B, 2K) pixels; zr (B, K); fx, fy, u0, v0 (B, 1) each; zroot (B, 1).
+    Tops: joints_norm (B, 3K).
+    Params (deep_hand_model_solve_scale_normalized_global_location_param): joint_num = 21 (his net's value;
+    when given, must match the bottoms).
+    Differs from the original: the gradient flows (his backward was empty).
+    """
+    params = Params("deep_hand_model_solve_scale_normalized_global_location_param", joint_num=P(int, NUM_JOINTS))
+    num_bottoms = 7
+
+    def setup(self, bottom_shapes):
+        k = _check_2d_and_depth(self, bottom_shapes)
+        _check_camera_bottoms(self, bottom_shapes)
+        _check_per_sample(self, bottom_shapes[6], bottom_shapes[0][0], "bottom 6 (zroot)")
+        _check_joint_num(self, k)
+
+    def forward(self, joints_2d, zr, fx, fy, u0, v0, zroot):
+        return super().forward(joints_2d, zr, zroot, _intrinsics_of(fx, fy, u0, v0))
+
+
+@register_layer("DeepHandModelSolveGlobalHandScale")
+class DeepHandModelSolveGlobalHandScale(ScaleRecovery):
+    """The author's type for ScaleRecovery (SPEC section 6): s_hat = sum_j L_j d_j / sum_j d_j^2.
+
+    Bottoms (his order): joints_norm (B, 63); avg_bone (B, 20).  Tops: scale (B, 1).  Params: none.
+    Differs from the original: the gradient flows (his backward was empty).
+    """
