@@ -1,13 +1,21 @@
-"""run-net: build a net from its prototxt and run it, like `caffe test` (default) or `caffe time` (--time).
+"""run-net: build a net from its prototxt and run it, like `caffe test` (default) or `caffe time` (--time),
+or train with a solver, like `caffe train` (--solver).
 
     python tools/run_net.py NET.prototxt [--phase TRAIN|TEST] [--stage S] [--level N] [--iterations N]
                             [--weights W.h5] [--device cpu|cuda] [--import MODULE_OR_FILE] [--time] [--seed N]
                             [--workers N]
+    python tools/run_net.py --solver SOLVER.prototxt [--snapshot STATE.solverstate.h5 | --weights W.h5]
+                            [--stage S] [--level N] [--device cpu|cuda] [--import MODULE_OR_FILE]
+                            [--seed N] [--workers N]
 
 Test mode runs N forward passes and prints each output blob's mean over them (`name = value`; a tensor
 output is averaged over its elements), then the weighted loss (`Loss: value`, as caffe test prints it) when the net has one.
 Time mode runs one warm-up then N forward+backward passes and prints per-layer and total times.
 Input blobs are filled with seeded random normal data of their declared shapes.
+Solver mode trains (nets/solver.py): Caffe's log lines on stdout, snapshots every `snapshot` iterations and at
+the end; --snapshot resumes from a solver state, --weights fine-tunes (comma-separated files allowed),
+--stage/--level go to the train net's state, --seed replaces random_seed. Ctrl-C finishes the iteration,
+writes a snapshot and exits with status 130; a second Ctrl-C aborts at once.
 
 Results go to stdout; notes, the progress bar (only on a terminal) and errors go to stderr. A user error
 (NetError) prints one line, `error: <message>`, and exits with status 2.
@@ -54,30 +62,45 @@ def _device(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="run_net.py",
-        description="Build a net from a prototxt and run it like `caffe test`, or time it like `caffe time`.")
-    ap.add_argument("net", help="net definition (.prototxt)")
+        description="Build a net from a prototxt and run it like `caffe test`, or time it like `caffe time`; "
+                    "or train with --solver like `caffe train`.")
+    ap.add_argument("net", nargs="?", help="net definition (.prototxt); not with --solver")
+    ap.add_argument("--solver", metavar="SOLVER.prototxt", help="train with this solver, like `caffe train`")
+    ap.add_argument("--snapshot", metavar="STATE.solverstate.h5",
+                    help="with --solver: resume training from this solver state")
     ap.add_argument("--phase", choices=("TRAIN", "TEST"),
                     help="net phase (default: TEST; TRAIN with --time, as `caffe time`)")
     ap.add_argument("--stage", action="append", default=[], metavar="S",
                     help="net stage for include/exclude rules (repeatable, or comma-separated)")
     ap.add_argument("--level", type=int, default=0, help="net level for include/exclude rules (default 0)")
-    ap.add_argument("--iterations", type=_positive_int, default=50, metavar="N",
-                    help="passes to run (default 50)")
+    ap.add_argument("--iterations", type=_positive_int, metavar="N", help="passes to run (default 50)")
     ap.add_argument("--weights", metavar="W.h5", help="HDF5 weights file (Caffe's layout) to load")
     ap.add_argument("--device", type=_device, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
                     help="import a module or .py file that registers layers (repeatable)")
     ap.add_argument("--time", action="store_true", help="time forward and backward per layer")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--seed", type=int, help="random seed (default 0; with --solver: the solver's random_seed)")
     ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="processes reading data ahead of the net (default: min(2, cores); 0 reads inline)")
     return ap
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.solver:
+        bad = [flag for flag, given in (("NET", args.net), ("--phase", args.phase), ("--time", args.time),
+                                         ("--iterations", args.iterations)) if given]
+        if bad:
+            parser.error(f"{bad[0]} cannot be used with --solver (the solver file names the nets and max_iter)")
+        if args.snapshot and args.weights:
+            parser.error("give --snapshot to resume or --weights to fine-tune, not both")
+    elif args.net is None:
+        parser.error("a net definition (NET.prototxt) or --solver is required")
+    elif args.snapshot:
+        parser.error("--snapshot needs --solver")
     try:
-        return _run(args)
+        return _train(args) if args.solver else _run(args)
     except NetError as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
@@ -87,11 +110,44 @@ def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
-def _run(args) -> int:
-    torch.manual_seed(args.seed)
+def _stages(args) -> list[str]:
+    return [s for arg in args.stage for s in arg.split(",") if s]
+
+
+def _train(args) -> int:
+    from nets.solver import Solver
     for module in args.imports:
         import_user_module(module)
-    stages = [s for arg in args.stage for s in arg.split(",") if s]
+    weights = [] if args.snapshot else ([args.weights] if args.weights else None)
+    solver = None
+    try:
+        solver = Solver(args.solver, device=args.device, workers=args.workers, stages=_stages(args),
+                        level=args.level or None, weights=weights, seed=args.seed)
+        solver.solve(resume=args.snapshot)
+    except KeyboardInterrupt:
+        where = f" at iteration {solver.iter}" if solver else " before training started"
+        last = (f"the last complete snapshot is {solver.last_snapshot}" if solver and solver.last_snapshot
+                else "no snapshot was written")
+        print(f"error: aborted by Ctrl-C{where}; {last}", file=sys.stderr)
+        return 130
+    finally:
+        if solver is not None:
+            solver.close()
+    if solver.interrupted:
+        if solver.last_snapshot:
+            print(f"interrupted at iteration {solver.iter}: snapshot written; resume with "
+                  f"--solver {args.solver} --snapshot {solver.last_snapshot}", file=sys.stderr)
+        else:
+            print(f"interrupted at iteration {solver.iter}: no snapshot_prefix, nothing was saved", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _run(args) -> int:
+    torch.manual_seed(0 if args.seed is None else args.seed)
+    for module in args.imports:
+        import_user_module(module)
+    stages = _stages(args)
     phase = args.phase or ("TRAIN" if args.time else "TEST")
     net = Net(args.net, phase=phase, stages=stages, level=args.level, device=args.device, workers=args.workers)
     if args.weights:
@@ -101,10 +157,11 @@ def _run(args) -> int:
         inputs[name] = torch.randn(shape, device=net.device)
         _note(f"input '{name}' {shape} filled with random normal data")
     try:
+        iterations = 50 if args.iterations is None else args.iterations
         if args.time:
-            _time(net, inputs, args.iterations)
+            _time(net, inputs, iterations)
         else:
-            _test(net, inputs, args.iterations)
+            _test(net, inputs, iterations)
     finally:
         net.close()
     return 0

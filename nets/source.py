@@ -144,7 +144,10 @@ class SourceStage:
         self._pending_states.clear()
         self._loader = DataLoader(readers, batch_size=None, sampler=_Draws(self), num_workers=self.workers,
                                   prefetch_factor=self.prefetch, persistent_workers=False,
-                                  pin_memory=self.net.device.type == "cuda")
+                                  pin_memory=self.net.device.type == "cuda",
+                                  # its own generator: starting workers must not draw from torch's global RNG
+                                  # (that would shift Dropout masks and break exact resume)
+                                  generator=torch.Generator().manual_seed(0))
         self._iter = iter(self._loader)
         # stop the workers when the stage goes away or at interpreter exit (else exit waits on them)
         self._finalizer = weakref.finalize(self, _shutdown, self._iter)

@@ -156,8 +156,10 @@ def _read(path: str, net) -> tuple[LoadReport, list[tuple[torch.Tensor, np.ndarr
     return report, copies
 
 
-def load_weights(net, path) -> LoadReport:
-    """Copy blobs from an HDF5 weights file into the net's existing tensors (identity and sharing kept)."""
+def load_weights(net, path, strict: bool = False) -> LoadReport:
+    """Copy blobs from an HDF5 weights file into the net's existing tensors (identity and sharing kept).
+
+    `strict`: refuse, before copying anything, a file that lacks some of the net's layers with blobs."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise NetError(f"cannot read weights '{path}': no such file")
@@ -166,6 +168,8 @@ def load_weights(net, path) -> LoadReport:
     except (OSError, KeyError, RuntimeError) as e:   # h5py's errors for unreadable or corrupt files
         detail = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise NetError(f"cannot read weights '{path}': {detail}") from None
+    if strict and report.missing:
+        raise NetError(f"{path}: no weights for layer(s) {', '.join(report.missing)} of the net")
     with torch.no_grad():
         for blob, array in copies:
             native = np.float64 if array.dtype.itemsize == 8 else np.float32   # native byte order for torch
