@@ -85,6 +85,9 @@ class Net(nn.Module):
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.param_info: list[ParamInfo] = []
+        # follows .double()/.float()/.to(dtype) like a parameter would, also in nets without parameters:
+        # source blobs and inputs are cast to it
+        self.register_buffer("_dtype_anchor", torch.empty(0), persistent=False)
         self._build()
         self.outputs: list[str] = self._find_outputs()
         source_steps = [st for st in self.plan if st.is_source]
@@ -263,7 +266,7 @@ class Net(nn.Module):
         if self.source is not None and not inline_source:
             t0 = time.perf_counter()
             batch = self.source.next_batch()
-            blobs.update({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+            blobs.update({k: self._to_net(v) for k, v in batch.items()})
             if _timings is not None:   # the source stage runs ahead: its cost is the time the net waited
                 last = [st for st in self.plan if st.is_source][-1].key
                 _timings[last] = _timings.get(last, 0.0) + time.perf_counter() - t0
@@ -274,7 +277,7 @@ class Net(nn.Module):
                     continue
                 if all(t in inputs for t in step.tops):
                     for t in step.tops:
-                        blobs[t] = torch.as_tensor(inputs[t]).to(self.device)
+                        blobs[t] = self._to_net(torch.as_tensor(inputs[t]))
                     continue
             t0 = time.perf_counter() if _timings is not None else 0.0
             if layer.is_input:
@@ -283,10 +286,7 @@ class Net(nn.Module):
                     if t not in inputs:
                         raise NetError(f"{step.spec.where}: input blob '{t}' was not given "
                                        f"(expected shape {self.blob_shapes[t]})")
-                    x = torch.as_tensor(inputs[t], device=self.device)
-                    if not x.is_floating_point():
-                        x = x.to(torch.get_default_dtype())
-                    tops.append(layer(x))
+                    tops.append(layer(self._to_net(torch.as_tensor(inputs[t]))))
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach()
                            for b, keep in zip(step.bottoms, step.propagate)]
@@ -310,6 +310,15 @@ class Net(nn.Module):
         self.blobs = blobs
         self.loss = loss
         return {name: blobs[name] for name in self.outputs}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype blobs enter the net with (float32 unless the net was .double()'d)."""
+        return self._dtype_anchor.dtype
+
+    def _to_net(self, x: torch.Tensor) -> torch.Tensor:
+        """An input or source blob on the net's device, in the net's dtype (Caffe's blobs are all float)."""
+        return x.to(self.device, self.dtype, non_blocking=True)
 
     def close(self) -> None:
         """Stop the source stage's worker processes."""

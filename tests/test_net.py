@@ -366,3 +366,13 @@ def test_registered_user_layer_from_import(tmp_path):
     n = net('input: "x" input_shape { dim: 2 } '
             'layer { name: "t" type: "TestTimesK" bottom: "x" top: "y" times_k_param { k: 4 } }')
     assert n.forward(x=torch.ones(2))["y"].tolist() == [4.0, 4.0]
+
+
+def test_double_net_casts_inputs_and_computes_in_float64():
+    n = net('input: "x" input_shape { dim: 2 } layer { name: "f" type: "TestAffine" bottom: "x" top: "y" }')
+    assert n.dtype == torch.float32
+    n.double()
+    assert n.dtype == torch.float64
+    out = n.forward(x=torch.tensor([1, 2]))            # integer input: cast to the net's dtype
+    assert out["y"].dtype == torch.float64
+    assert n.float().forward(x=torch.ones(2, dtype=torch.float64))["y"].dtype == torch.float32
