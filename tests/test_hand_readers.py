@@ -55,7 +55,7 @@ def test_ground_truth_readers_give_the_file_values_in_batch_order(data, packed):
     root, t = data
     idx = index(BATCH)
     out = {name: reader(name, root, packed)(idx) for name in
-           ("ReadBBox", "ReadCameraIntrinsics", "ReadJoint2D", "ReadJoint3D", "ReadBoneLength")}
+           ("ReadBBox", "ReadCameraIntrinsics", "ReadJoint2D", "ReadJoint3D", "ReadBoneLength", "ReadVisibility")}
     for b, i in enumerate(BATCH):
         assert torch.equal(out["ReadBBox"][b], f32(t["bbox"][i]))
         k = t["camera_k"][i // 2]
@@ -63,6 +63,7 @@ def test_ground_truth_readers_give_the_file_values_in_batch_order(data, packed):
         assert torch.equal(out["ReadJoint2D"][b], f32(t["crop_gt_2d"][i].reshape(-1)))   # u0 v0 u1 v1 ...
         assert torch.equal(out["ReadJoint3D"][b], f32(t["gt_3d"][i].reshape(-1)))       # X0 Y0 Z0 X1 ...
         assert torch.equal(out["ReadBoneLength"][b], f32(t["avg_bone"]))
+        assert torch.equal(out["ReadVisibility"][b], f32(t["gt_vis"][i].reshape(-1)))
     assert out["ReadJoint3D"].shape == (6, 63) and out["ReadJoint2D"].shape == (6, 42)
     assert out["ReadBBox"].dtype == torch.float32
 
@@ -106,7 +107,7 @@ def test_image_enlarge_is_bilinear_with_half_pixel_centres(data):
 
 
 @pytest.mark.parametrize("type_", ["ReadImage", "ReadBBox", "ReadCameraIntrinsics", "ReadJoint2D",
-                                   "ReadJoint3D", "ReadBoneLength"])
+                                   "ReadJoint3D", "ReadBoneLength", "ReadVisibility"])
 def test_text_and_packed_layouts_give_identical_tops(data, type_):
     root, _ = data
     extra = f"read_image_param {{ resize_size: {S} }}" if type_ == "ReadImage" else ""

@@ -478,3 +478,23 @@ def test_authors_tail_equals_the_new_layers_and_recovers_gt(device):
     np.testing.assert_allclose(blobs["old_3d"], blobs["joints_3d"], rtol=1e-12)
     assert np.abs(blobs["joints_3d"] - joints.reshape(5, 63)).max() < 1e-6
     assert blobs["clamped"].tolist() == [0.0] and blobs["ambiguous"].sum() == 0
+
+
+def test_image_to_crop_inverts_crop_to_image_and_projection_matches_pinhole():
+    from layers.build import make_layer
+    torch.manual_seed(1)
+    bbox = torch.tensor([[10.0, 20.0, 109.0, 139.0], [0.0, 5.0, 63.0, 68.0]], dtype=torch.float64)
+    crop = torch.rand(2, 42, dtype=torch.float64)
+    to_img = make_layer('name: "a" type: "CropToImage" bottom: "j" bottom: "b" top: "p"', [(2, 42), (2, 4)])
+    to_crop = make_layer('name: "b" type: "ImageToCrop" bottom: "p" bottom: "b" top: "j"', [(2, 42), (2, 4)])
+    px = to_img(crop, bbox)
+    assert px[0, 0].item() == pytest.approx(crop[0, 0].item() * 100 + 10)
+    torch.testing.assert_close(to_crop(px, bbox), crop, rtol=0, atol=1e-12)
+    xyz = torch.tensor([[30.0, -40.0, 500.0] * 21, [0.0, 0.0, 250.0] * 21], dtype=torch.float64)
+    k = torch.tensor([[300.0, 310.0, 160.0, 150.0], [280.0, 280.0, 159.5, 161.0]], dtype=torch.float64)
+    proj = make_layer('name: "p" type: "ProjectToImage" bottom: "x" bottom: "k" top: "uv"', [(2, 63), (2, 4)])
+    uv = proj(xyz, k).view(2, 21, 2)
+    assert uv[0, 3].tolist() == pytest.approx([300 * 30 / 500 + 160, 310 * -40 / 500 + 150])
+    assert uv[1, 20].tolist() == pytest.approx([159.5, 161.0])
+    x = xyz.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: proj(a, k), (x,))

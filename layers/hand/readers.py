@@ -289,6 +289,24 @@ class ReadJoint3D(_RhdReader):
         return f.rows("gt_3d", uniq).reshape(len(uniq), 3 * NUM_JOINTS)
 
 
+@register_layer("ReadVisibility")
+class ReadVisibility(_RhdReader):
+    """Visibility of the 2D ground truth (the converter's gt_vis): top[b, k] = 1 when keypoint k is visible
+    (inside the image and not occluded), else 0. The metrics average over visible keypoints with it.
+
+    Reads gt_vis/<idx>.txt (21 lines 0/1), or packed gt_vis.
+    Bottoms: index (B, 1).  Tops: visibility (B, 21).
+    Params (rhd_data_param): root (required), split = "training", packed = false.
+    """
+    sample_shape = (NUM_JOINTS,)
+
+    def read_text(self, uniq):
+        return self.text_rows(uniq, "gt_vis", NUM_JOINTS, integer=True)
+
+    def read_packed(self, f, uniq):
+        return f.rows("gt_vis", uniq).reshape(len(uniq), NUM_JOINTS)
+
+
 @register_layer("ReadBlobFromFileIndexing")
 class ReadBlobFromFileIndexing(_Reader):
     """The author's per-sample text reader: top[b] = the num_to_read numbers of file_prefix + idx + ".txt"

@@ -95,6 +95,52 @@ class CropToImage(Layer):
         return (uv * size + origin).flatten(1)
 
 
+@register_layer("ImageToCrop")
+class ImageToCrop(Layer):
+    """2D joints from original-image pixels to crop units, the inverse of CropToImage (the converter's rule):
+
+        u' = (u - x1) / (x2 - x1 + 1),    v' = (v - y1) / (y2 - y1 + 1)
+
+    Bottoms: joints_2d (B, 2K) pixels; bbox (B, 4) x1 y1 x2 y2.  Tops: joints (B, 2K) crop units.  Params: none.
+    """
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        joints, bbox = bottom_shapes
+        _num_joints_2d(self, joints, "bottom 0 (pixel joints)")
+        _check_shape(self, bbox, (joints[0], 4), "bottom 1 (bbox) x1, y1, x2, y2 per sample")
+
+    def forward(self, joints, bbox):
+        x1, y1, x2, y2 = bbox.unbind(dim=1)
+        origin = torch.stack([x1, y1], dim=1)[:, None, :]
+        size = torch.stack([x2 - x1 + 1, y2 - y1 + 1], dim=1)[:, None, :]
+        uv = joints.reshape(joints.shape[0], -1, 2)
+        return ((uv - origin) / size).flatten(1)
+
+
+@register_layer("ProjectToImage")
+class ProjectToImage(Layer):
+    """Pinhole projection of camera-frame joints: u = fx X / Z + u0, v = fy Y / Z + v0.
+
+    Bottoms: joints_3d (B, 3K) X Y Z per joint (any unit); intrinsics (B, 4) fx, fy, u0, v0.
+    Tops: joints_2d (B, 2K) pixels.  Params: none.
+    """
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        joints, intrinsics = bottom_shapes
+        if len(joints) != 2 or joints[1] == 0 or joints[1] % 3:
+            raise self.error(f"bottom 0 must be (B, 3K) with X, Y, Z per joint; got shape {tuple(joints)}")
+        _check_shape(self, intrinsics, (joints[0], 4), "bottom 1 (intrinsics) fx, fy, u0, v0 per sample")
+
+    def forward(self, joints, intrinsics):
+        xyz = joints.reshape(joints.shape[0], -1, 3)
+        fx, fy, u0, v0 = (t[:, None] for t in intrinsics.unbind(dim=1))
+        u = fx * xyz[..., 0] / xyz[..., 2] + u0
+        v = fy * xyz[..., 1] / xyz[..., 2] + v0
+        return torch.stack([u, v], dim=-1).flatten(1)
+
+
 # ------------------------------------------------------------------------------------------ step 17
 
 @register_layer("RootDepth")
