@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import prototxt_for
 from layers.hand.rhd import release
-from layers.hand.rhd.convert import convert
-from layers.hand.rhd.synthetic import make_tiny_release
 from layers.hand.skeleton import REF_BONE
 from nets.errors import NetError
 from nets.net import Net
@@ -22,19 +21,15 @@ CHECK_NET = os.path.join(ROOT, "prototxt", "rhd_data_check.prototxt")
 
 
 @pytest.fixture(scope="module")
-def rhd(tmp_path_factory):
-    base = tmp_path_factory.mktemp("rhd")
-    release_root = make_tiny_release(str(base / "synth"), num_train=8, num_eval=4, seed=3)
-    out = str(base / "rhd")
-    convert(release_root, out, workers=1)
+def rhd(rhd_converted):
+    out, release_root = rhd_converted
     anno = release.read_annotations(release.annotation_path(release_root, "training"))
     return out, anno
 
 
 def check_net(out, packed=False, batch=16):
-    text = open(CHECK_NET).read().replace('"data/rhd', f'"{out}')
-    text = text.replace("packed: false", f"packed: {'true' if packed else 'false'}")
-    text = text.replace("batch_size: 16", f"batch_size: {batch}")
+    text = prototxt_for(CHECK_NET, out, **{"packed: false": f"packed: {'true' if packed else 'false'}",
+                                          "batch_size: 16": f"batch_size: {batch}"})
     return Net(text, phase="TEST", device="cpu", workers=0)
 
 
@@ -98,8 +93,8 @@ def test_packed_file_gives_identical_blobs(rhd):
 def test_workers_give_the_same_batches_as_inline_reading(rhd):
     out, _ = rhd
     inline = check_net(out, packed=True, batch=4)
-    text = open(CHECK_NET).read().replace('"data/rhd', f'"{out}').replace("packed: false", "packed: true")
-    pooled = Net(text.replace("batch_size: 16", "batch_size: 4"), phase="TEST", device="cpu", workers=2)
+    text = prototxt_for(CHECK_NET, out, **{"packed: false": "packed: true", "batch_size: 16": "batch_size: 4"})
+    pooled = Net(text, phase="TEST", device="cpu", workers=2)
     try:
         for _ in range(4):
             a, b = inline.forward(), pooled.forward()
