@@ -1,12 +1,13 @@
 """Data pipeline throughput: samples/s of the memo's steps 1-11 (prototxt/rhd_data_check.prototxt: 128x128 crops
 and every ground truth), per-sample text layout vs packed HDF5, with 0, 1 and 2 worker processes, in one run.
 
-    python benches/bench_data.py [--root CONVERTED_DIR] [--batches 30] [--batch-size 32]
+    python benches/bench_data.py [--root CONVERTED_DIR] [--batches 15] [--batch-size 32] [--cold]
 
 Without --root it generates a synthetic set (300 images) and converts it in a temporary folder first.
 Goals (issue 3): packed with 2 workers >= 400 samples/s on 2 cores, and >= 10x the text layout read serially.
 The text layout's speed depends on the page cache: right after conversion its files are cached, which is the
-text layout's best case (a cold 82k-sample tree on disk is several times slower).
+text layout's best case. --cold (root only, Linux) drops the page cache after the warm-up of each measurement,
+as for a training set too large to stay cached (the real one: 82k samples, ~500k small files).
 """
 
 from __future__ import annotations
@@ -31,13 +32,27 @@ def _net(root: str, packed: bool, workers: int, batch_size: int):
     return Net(text, phase="TEST", device="cpu", workers=workers)
 
 
-def _samples_per_second(root: str, packed: bool, workers: int, batches: int, batch_size: int) -> float:
+def drop_page_cache() -> bool:
+    """Empty Linux's page cache (needs root); False when not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _samples_per_second(root: str, packed: bool, workers: int, batches: int, batch_size: int,
+                        cold: bool = False) -> float:
     import torch
     net = _net(root, packed, workers, batch_size)
     try:
         with torch.no_grad():
             for _ in range(3):          # start the workers, fill the prefetch queue
                 net.forward()
+            if cold and not drop_page_cache():
+                raise SystemExit("--cold needs root (writes /proc/sys/vm/drop_caches)")
             t0 = time.perf_counter()
             for _ in range(batches):
                 net.forward()
@@ -55,13 +70,13 @@ def _make_data(folder: str) -> str:
     return out
 
 
-def run(root: str | None = None, batches: int = 30, batch_size: int = 32) -> list[dict]:
+def run(root: str | None = None, batches: int = 15, batch_size: int = 32, cold: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = root or _make_data(tmp)
         rows = []
         for packed in (False, True):
             for workers in (0, 1, 2):
-                rate = _samples_per_second(root, packed, workers, batches, batch_size)
+                rate = _samples_per_second(root, packed, workers, batches, batch_size, cold)
                 rows.append({"layout": "packed HDF5" if packed else "text files", "workers": workers,
                              "samples/s": rate})
     base = rows[0]["samples/s"]
@@ -73,14 +88,17 @@ def run(root: str | None = None, batches: int = 30, batch_size: int = 32) -> lis
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", help="a converted RHD folder (prepare_rhd.py --out); default: make one")
-    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=15)
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before timing (root only)")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
-    rows = run(args.root, args.batches, args.batch_size)
+    rows = run(args.root, args.batches, args.batch_size, args.cold)
     print(f"| layout | workers | samples/s | vs text, serial |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['layout']} | {r['workers']} | {r['samples/s']:.0f} | {r['vs text, serial']:.2f}x |")
-    print(f"\n{os.cpu_count()} CPU cores; batch {args.batch_size}, 128x128 crops, all ground truth (steps 1-11).")
+    cache = "page cache dropped before timing" if args.cold else "files in the page cache"
+    print(f"\n{os.cpu_count()} CPU cores; batch {args.batch_size}, 128x128 crops, all ground truth (steps 1-11); "
+          f"{cache}.")
     return 0
 
 
