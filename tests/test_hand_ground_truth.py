@@ -436,7 +436,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_authors_chain_equals_the_new_layers(device):
-    net = Net(textwrap.dedent(AUTHOR_VS_NEW), phase="TRAIN", device=device)
+    net = Net(textwrap.dedent(AUTHOR_VS_NEW), phase="TRAIN", device=device).double()   # float64 data: the net computes in float64
     assert net.blob_shapes["z01"] == net.blob_shapes["zr"] == (5, 21)
     assert net.blob_shapes["dm"] == net.blob_shapes["dm_old"] == (5, 21, 16, 16)
     joints, uv = hands(5, seed=3, dtype=torch.float32), torch.rand(5, 42)

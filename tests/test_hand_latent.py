@@ -365,7 +365,7 @@ layer { name: "ld" type: "LatentDepth" bottom: "hn" bottom: "dm" top: "zr" top: 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_authors_head_equals_the_new_layers(device):
-    net = Net(textwrap.dedent(AUTHOR_HEAD), phase="TEST", device=device)
+    net = Net(textwrap.dedent(AUTHOR_HEAD), phase="TEST", device=device).double()   # float64 data: the net computes in float64
     assert net.blob_shapes["d0"] == (3, 1, 1, 1) and net.blob_shapes["zr"] == net.blob_shapes["zr_old"] == (3, 2)
     net.forward(out=torch.randn(3, 4, 4, 4, dtype=torch.float64))
     b = {k: v.detach().cpu().numpy() for k, v in net.blobs.items()}

@@ -285,7 +285,7 @@ def test_metric_layers_in_a_net_shapes_and_float64():
     layer { name: "pck" type: "PCK3D" bottom: "p" bottom: "g" bottom: "v" top: "pck" top: "auc" }
     layer { name: "epe" type: "EPE3D" bottom: "p" bottom: "g" bottom: "v" top: "epe" }
     """
-    net = Net(text, phase="TEST", device="cpu")
+    net = Net(text, phase="TEST", device="cpu").double()   # float64 data: the net computes in float64
     assert net.blob_shapes["pck"] == (51,) and net.blob_shapes["auc"] == () and net.blob_shapes["epe"] == ()
     pred, gt, vis = rand_hands(2, seed=13)
     out = net.forward(p=torch.tensor(pred), g=torch.tensor(gt), v=torch.tensor(vis))

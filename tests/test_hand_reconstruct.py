@@ -453,7 +453,7 @@ layer { name: "metric" type: "Reconstruct3D" bottom: "uv" bottom: "zr" bottom: "
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_authors_tail_equals_the_new_layers_and_recovers_gt(device):
-    net = Net(textwrap.dedent(AUTHOR_TAIL), phase="TEST", device=device)
+    net = Net(textwrap.dedent(AUTHOR_TAIL), phase="TEST", device=device).double()   # float64 data: the net computes in float64
     assert net.blob_shapes["clamped"] == (1,) and net.blob_shapes["ambiguous"] == (5, 1)
     assert net.blob_shapes["joints_3d"] == net.blob_shapes["old_3d"] == (5, 63)
     joints, cams = random_hands(5, seed=10)
