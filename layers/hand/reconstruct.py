@@ -68,6 +68,14 @@ def _intrinsics_of(fx, fy, u0, v0) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ step 16
 
+def _crop_frame(bbox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 4) x1 y1 x2 y2 -> the crop's origin and size, each (B, 1, 2); the size is x2 - x1 + 1 (inclusive)."""
+    x1, y1, x2, y2 = bbox.unbind(dim=1)
+    origin = torch.stack([x1, y1], dim=1)[:, None, :]
+    size = torch.stack([x2 - x1 + 1, y2 - y1 + 1], dim=1)[:, None, :]
+    return origin, size
+
+
 @register_layer("CropToImage")
 class CropToImage(Layer):
     """2D joints from crop units back to original-image pixels (memo step 16; SPEC section 4):
@@ -88,11 +96,8 @@ class CropToImage(Layer):
         _check_shape(self, bbox, (joints[0], 4), "bottom 1 (bbox) x1, y1, x2, y2 per sample")
 
     def forward(self, joints, bbox):
-        x1, y1, x2, y2 = bbox.unbind(dim=1)
-        origin = torch.stack([x1, y1], dim=1)[:, None, :]
-        size = torch.stack([x2 - x1 + 1, y2 - y1 + 1], dim=1)[:, None, :]
-        uv = joints.reshape(joints.shape[0], -1, 2)
-        return (uv * size + origin).flatten(1)
+        origin, size = _crop_frame(bbox)
+        return (joints.reshape(joints.shape[0], -1, 2) * size + origin).flatten(1)
 
 
 @register_layer("ImageToCrop")
@@ -111,11 +116,8 @@ class ImageToCrop(Layer):
         _check_shape(self, bbox, (joints[0], 4), "bottom 1 (bbox) x1, y1, x2, y2 per sample")
 
     def forward(self, joints, bbox):
-        x1, y1, x2, y2 = bbox.unbind(dim=1)
-        origin = torch.stack([x1, y1], dim=1)[:, None, :]
-        size = torch.stack([x2 - x1 + 1, y2 - y1 + 1], dim=1)[:, None, :]
-        uv = joints.reshape(joints.shape[0], -1, 2)
-        return ((uv - origin) / size).flatten(1)
+        origin, size = _crop_frame(bbox)
+        return ((joints.reshape(joints.shape[0], -1, 2) - origin) / size).flatten(1)
 
 
 @register_layer("ProjectToImage")
