@@ -6,3 +6,4 @@ from layers.hand import latent  # noqa: F401,E402  (steps 13-15: soft-argmax, la
 from layers.hand import reconstruct  # noqa: F401,E402  (steps 16-19: image coordinates, root depth, scale, 3D)
 from layers.hand import metrics  # noqa: F401,E402  (SPEC section 5: EPE, PCK, AUC)
 from layers.hand import debug  # noqa: F401,E402  (the memo's debugging output: heatmap images, skeletons)
+from layers.hand import losses  # noqa: F401,E402  (L1Loss: the latent 2.5D training loss)

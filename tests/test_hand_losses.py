@@ -1,0 +1,111 @@
+"""L1Loss (layers/hand/losses.py): value against an explicit loop, the optional weights, gradients (analytic and
+gradcheck), its use in a net with loss_weight, and user errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from layers.build import make_layer
+from nets.errors import NetError
+from nets.net import Net
+
+
+def l1(shapes):
+    bottoms = "".join(f'bottom: "b{i}" ' for i in range(len(shapes)))
+    return make_layer(f'name: "l1" type: "L1Loss" {bottoms}top: "loss"', bottom_shapes=shapes)
+
+
+def np_l1(a, b, w=None):
+    """Loop reference: per sample, per weight group, sum |a - b|; then divide by the batch."""
+    n = a.shape[0]
+    a, b = a.reshape(n, -1).astype(np.float64), b.reshape(n, -1).astype(np.float64)
+    w = np.ones((n, a.shape[1])) if w is None else w.reshape(n, -1).astype(np.float64)
+    run = a.shape[1] // w.shape[1]
+    total = 0.0
+    for i in range(n):
+        for g in range(w.shape[1]):
+            for j in range(g * run, (g + 1) * run):
+                total += w[i, g] * abs(a[i, j] - b[i, j])
+    return total / n
+
+
+def test_value_matches_loop_and_shapes_may_differ():
+    a, b = torch.randn(4, 42), torch.randn(4, 42, 1, 1)
+    loss = l1([(4, 42), (4, 42, 1, 1)])(a, b)
+    assert loss.shape == ()
+    assert loss.item() == pytest.approx(np_l1(a.numpy(), b.numpy()), rel=1e-6)
+    # worked number: |1 - 0| + |-2 - 1| + |0.5 - 0.5| over a batch of 2 -> 4 / 2
+    two = l1([(2, 2), (2, 2)])(torch.tensor([[1.0, -2.0], [0.5, 0.0]]), torch.tensor([[0.0, 1.0], [0.5, 0.0]]))
+    assert two.item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("per_item,groups", [(42, 21), (63, 21), (21, 21), (12, 1)])
+def test_weights_apply_to_runs_of_values(per_item, groups):
+    a, b = torch.randn(3, per_item), torch.randn(3, per_item)
+    w = torch.randint(0, 2, (3, groups)).float()
+    w[0, 0] = 0.5
+    got = l1([(3, per_item), (3, per_item), (3, groups)])(a, b, w)
+    assert got.item() == pytest.approx(np_l1(a.numpy(), b.numpy(), w.numpy()), rel=1e-6)
+
+
+def test_visibility_mask_drops_joints():
+    """(N, 21) visibility weights u, v pairs of a (N, 42) pose: an invisible joint's error does not count."""
+    a, b = torch.zeros(1, 42), torch.zeros(1, 42)
+    a[0, 10], a[0, 11] = 3.0, -4.0            # joint 5 off by (3, -4)
+    a[0, 0] = 1.0                              # joint 0 off by 1
+    vis = torch.ones(1, 21)
+    layer = l1([(1, 42), (1, 42), (1, 21)])
+    assert layer(a, b, vis).item() == pytest.approx(8.0)
+    vis[0, 5] = 0
+    assert layer(a, b, vis).item() == pytest.approx(1.0)
+
+
+def test_gradient_is_sign_over_batch_and_none_to_weights():
+    a = torch.tensor([[1.0, -2.0, 0.3], [0.0, 5.0, -1.0]], requires_grad=True)
+    b = torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, -2.0]], requires_grad=True)
+    w = torch.tensor([[1.0, 0.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    l1([(2, 3), (2, 3), (2, 3)])(a, b, w).backward()
+    want = np.sign(a.detach().numpy() - b.detach().numpy()) * w.detach().numpy() / 2
+    np.testing.assert_allclose(a.grad.numpy(), want)
+    np.testing.assert_allclose(b.grad.numpy(), -want)
+    assert w.grad is None
+
+
+def test_gradcheck_float64():
+    layer = l1([(2, 6), (2, 6), (2, 3)]).double()
+    a = torch.randn(2, 6, dtype=torch.float64)
+    b = (a + torch.where(torch.rand(2, 6) < 0.5, -1.0, 1.0).double() * (0.2 + torch.rand(2, 6))).detach()
+    w = torch.tensor([[1.0, 0.0, 0.5], [2.0, 1.0, 1.0]], dtype=torch.float64)   # |a - b| >= 0.2: no kink nearby
+    assert torch.autograd.gradcheck(lambda x, y: layer(x, y, w), (a.requires_grad_(), b.requires_grad_()))
+    assert layer(a.float(), b.float(), w.float()).dtype == torch.float32
+
+
+def test_in_a_net_with_loss_weight():
+    net = Net('name: "n" input: "a" input_shape { dim: 5 dim: 21 } input: "b" input_shape { dim: 5 dim: 21 } '
+              'layer { name: "l1" type: "L1Loss" bottom: "a" bottom: "b" top: "l1" loss_weight: 3 }',
+              phase="TRAIN", device="cpu")
+    a, b = torch.randn(5, 21), torch.randn(5, 21)
+    out = net.forward(a=a, b=b)
+    assert out["l1"].item() == pytest.approx(np_l1(a.numpy(), b.numpy()), rel=1e-6)
+    assert net.loss.item() == pytest.approx(3 * np_l1(a.numpy(), b.numpy()), rel=1e-6)
+
+
+@pytest.mark.parametrize("shapes,message", [
+    ([(2, 42), (3, 42)], "same first dim"),
+    ([(2, 42), (2, 21)], "same dimension per item"),
+    ([(2, 42), (2, 42), (2, 5)], "G dividing the 42 values"),
+    ([(2, 42), (2, 42), (3, 21)], "N = 2"),
+])
+def test_shape_errors(shapes, message):
+    with pytest.raises(NetError, match=message):
+        l1(shapes)
+
+
+def test_param_and_type_errors():
+    with pytest.raises(NetError, match="unknown param block 'loss_param'"):
+        make_layer('name: "l" type: "L1Loss" bottom: "a" bottom: "b" top: "l" loss_param { normalize: true }',
+                   bottom_shapes=[(2, 3), (2, 3)])
+    with pytest.raises(NetError, match="did you mean L1Loss"):
+        make_layer('name: "l" type: "L1Los" bottom: "a" bottom: "b" top: "l"', bottom_shapes=[(2, 3), (2, 3)])
+    with pytest.raises(NetError, match="takes 2 to 3 bottom"):
+        l1([(2, 3)] * 4)
