@@ -1,0 +1,327 @@
+#!/usr/bin/env python
+"""Write the RHD training nets (train / test prototxt and solver) with nets/netspec.py.
+
+    python tools/make_rhd_nets.py [--root data/rhd] [--out-dir prototxt]
+
+writes, for each net N of NETS, OUT/rhd_N_train.prototxt, OUT/rhd_N_test.prototxt and OUT/rhd_N_solver.prototxt:
+  latent25d     Iqbal et al.'s latent 2.5D heatmaps on the author's RawPaper encoder-decoder (128x128 input,
+                64x64 maps): softmax soft-argmax with a learnable beta, latent depth, L1 losses on the 2D pose
+                and the scale-normalised depth; Adam.
+  heatmap25d    the author's explicit variant: the same network, sigmoid cross-entropy against GT heatmaps
+                (weight 1) and GT depth maps (weight 3); at test the 2D pose is the sigmoid-then-sum soft-argmax
+                and the depth the maps' ratio at it (see heatmap_readout); his SGD solver.
+  synth_small   the latent25d pipeline on a compact U-Net that trains on 2 CPU cores in about 5 minutes (64x64
+                input, 32x32 maps, 16-64 channels, BatchNorm) on the synthetic set of tools/make_synthetic_rhd.py.
+Train nets: memo steps 1-15 and the losses; test nets also steps 16-19 and the metrics (EPE2D in pixels,
+EPE3D root-relative and absolute in mm, over the visible keypoints). Paths in the files are relative to the
+folder the commands run in (the repository root); snapshots go to runs/ (create it: mkdir -p runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+# Runs from a checkout without installing: the repository root holds the layers and nets packages.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import layers  # noqa: E402,F401  (registers the layer types NetSpec checks kwargs against)
+from layers.hand.ground_truth import DEPTH_LB, DEPTH_UB  # noqa: E402
+from nets.netspec import NetSpec, generated_by, layers as L, params as P  # noqa: E402
+
+DEFAULT_ROOT = "data/rhd"
+DEFAULT_OUT = "prototxt"
+RENDER_SIGMA = 0.08       # the author's GT heatmap sigma (crop units) at 64x64
+NUM_JOINTS = 21
+
+
+@dataclass(frozen=True)
+class Config:
+    """One net family: network, batch, loss weights and solver."""
+    name: str
+    title: str
+    arch: str = "rawpaper"         # "rawpaper" (the author's encoder-decoder) or "compact" (synth_small's U-Net)
+    image_size: int = 128          # input S x S; the maps are S/2 x S/2
+    enc_channels: tuple = (256,) * 6   # rawpaper: conv1..conv6; compact: the stem and its three levels
+    dec_channels: int = 512        # deconvolutions and 1x1 skip convolutions
+    batch: int = 32
+    test_batch: int = 32
+    explicit: bool = False         # True: the author's sigmoid cross-entropy on GT maps (heatmap25d)
+    loss_2d_weight: float = 64.0   # latent: L1 on the 2D soft-argmax pose in crop units, times the map size
+                                   # (so: L1 in heatmap pixels)
+    loss_z_weight: float = 6.0     # latent: L1 on zr (scale-normalised depth, reference bone = 1)
+    solver: dict | None = None
+    test_iter: int = 47            # 1507 RHD evaluation samples / 32
+    test_interval: int = 2000
+
+    @property
+    def map_size(self) -> int:
+        return self.image_size // 2
+
+
+NETS = {
+    "latent25d": Config(
+        "latent25d", "Latent 2.5D heatmaps (Iqbal et al. 2018) on the author's RawPaper encoder-decoder",
+        solver=dict(type="Adam", base_lr=1e-4, momentum=0.9, momentum2=0.999, lr_policy="multistep",
+                    stepvalue=[150000, 250000], gamma=0.1, max_iter=300000, weight_decay=0.0,
+                    display=20, snapshot=10000)),
+    "heatmap25d": Config(
+        "heatmap25d", "The author's explicit 2.5D variant (RHDLatentHMMapRawPaper): sigmoid cross-entropy on "
+        "GT heatmaps and depth maps", explicit=True,
+        # his solver.prototxt (SGD without momentum), with a finite max_iter
+        solver=dict(type="SGD", base_lr=1e-6, momentum=0.0, lr_policy="multistep", stepvalue=[600000, 1500000],
+                    gamma=0.1, max_iter=2000000, weight_decay=0.0002, display=10, snapshot=10000)),
+    "synth_small": Config(
+        "synth_small", "Latent 2.5D heatmaps, a compact U-Net for the synthetic set on 2 CPU cores",
+        arch="compact", image_size=64, enc_channels=(16, 32, 48, 64), dec_channels=32, batch=16, test_batch=50,
+        loss_2d_weight=32.0, loss_z_weight=6.0,
+        solver=dict(type="Adam", base_lr=1e-3, momentum=0.9, momentum2=0.999, lr_policy="multistep",
+                    stepvalue=[5200], gamma=0.1, max_iter=6500, weight_decay=0.0, display=100, snapshot=0),
+        test_iter=12, test_interval=6500),
+}
+
+
+# ---- pieces ---------------------------------------------------------------------------------------------------
+
+def _split_path(root: str, split: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), split, "all_hand", *parts])
+
+
+def data_layers(n: NetSpec, cfg: Config, phase: str, root: str) -> None:
+    """Memo steps 1-9 (and 10-11 for the explicit variant): index, readers, GT scale and depth."""
+    train = phase == "TRAIN"
+    split = "training" if train else "evaluation"
+    rhd = dict(root=root, split=split)
+    if train:      # step 1: uniform over the usable training samples
+        n.index = L.GenRandIndex(index_file=_split_path(root, split, "all_train_index.txt"), batch_size=cfg.batch)
+    else:          # step 1: the evaluation list in order
+        n.index = L.ReadIndexFromFile(index_file_path=_split_path(root, split, "all_evaluation_index.txt"),
+                                      batch_size=cfg.test_batch)
+    n.image = L.ReadImage(n.index, resize_size=cfg.image_size, rhd_data_param=rhd)           # step 2
+    if not train:
+        n.avg_bone = L.ReadBoneLength(n.index, rhd_data_param=rhd)                             # step 3
+        n.bbox = L.ReadBBox(n.index, rhd_data_param=rhd)                                       # step 4
+        n.intrinsics = L.ReadCameraIntrinsics(n.index, rhd_data_param=rhd)                     # step 5
+        n.vis = L.ReadBlobFromFileIndexing(n.index, file_prefix=_split_path(root, split, "gt_vis") + "/",
+                                           num_to_read=NUM_JOINTS)
+    n.joint_2d = L.ReadJoint2D(n.index, rhd_data_param=rhd)                                    # step 6
+    n.joint_3d = L.ReadJoint3D(n.index, rhd_data_param=rhd)                                    # step 7
+    n.image_01 = L.MulRGB(n.image, mul_factor=1.0 / 255)
+    n.scale = L.HandScale(n.joint_3d, n=8, m=0)                                                # step 8
+    n.depth_01, n.depth_zr = L.NormalizedRootDepth(n.joint_3d, n.scale, depth_lower_bound=DEPTH_LB,   # step 9
+                                                   depth_upper_bound=DEPTH_UB, ntop=2)
+    if cfg.explicit:
+        n.heatmap = L.GenHeatmap(n.joint_2d, gen_size=cfg.map_size, render_sigma=RENDER_SIGMA)   # step 10
+        n.depth_map = L.GenDepthMap(n.heatmap, n.depth_zr, depth_lower_bound=DEPTH_LB,           # step 11
+                                    depth_upper_bound=DEPTH_UB)
+
+
+def _conv(bottom, channels: int, kernel: int, stride: int, pad: int):
+    return L.Convolution(bottom, num_output=channels, kernel_size=kernel, stride=stride, pad=pad, bias_term=False,
+                         weight_filler=dict(type="msra"))
+
+
+def _deconv(bottom, channels: int):
+    return L.Deconvolution(bottom, param=[dict(lr_mult=1), dict(lr_mult=2)],
+                           convolution_param=dict(num_output=channels, kernel_size=4, stride=2, pad=1,
+                                                  weight_filler=dict(type="xavier"),
+                                                  bias_filler=dict(type="constant", value=0)))
+
+
+def _heads(n: NetSpec, bottom, bias: bool) -> None:
+    """The 1x1 convolution to 42 maps (21 heatmaps, then 21 depth maps) and memo step 13's Slice."""
+    n.maps = L.Convolution(bottom, num_output=2 * NUM_JOINTS, kernel_size=1, bias_term=bias,
+                           weight_filler=dict(type="msra"))
+    n.heatmap_logits, n.depth_logits = L.Slice(n.maps, axis=1, slice_point=[NUM_JOINTS], ntop=2)
+
+
+def rawpaper(n: NetSpec, cfg: Config, bottom) -> None:
+    """Memo step 12, the author's RawPaper network (RHDHand/RHDLatentHMMapRawPaper/train.prototxt), widths from
+    cfg: encoder of 3x3 convolutions (no bias, msra, ReLU) with 3x3 stride-1 max pools after conv1 and conv2 and a
+    2x2 stride-2 pool after conv3, S -> S/64; decoder of five 4x4 stride-2 deconvolutions (xavier, lr_mult 1/2,
+    no ReLU), each summed with a 1x1 convolution of the encoder feature of its size; a 1x1 convolution to 42
+    maps of S/2 x S/2."""
+    c, d = cfg.enc_channels, cfg.dec_channels
+    n.conv1 = _conv(bottom, c[0], 3, 1, 1)
+    n.conv1_relu = L.ReLU(n.conv1, in_place=True)
+    n.pool1 = L.Pooling(n.conv1_relu, pool=P.Pooling.MAX, kernel_size=3, stride=1, pad=1)
+    n.conv2 = _conv(n.pool1, c[1], 3, 2, 1)
+    n.conv2_relu = L.ReLU(n.conv2, in_place=True)
+    n.pool2 = L.Pooling(n.conv2_relu, pool=P.Pooling.MAX, kernel_size=3, stride=1, pad=1)
+    n.conv3 = _conv(n.pool2, c[2], 3, 2, 1)
+    n.conv3_relu = L.ReLU(n.conv3, in_place=True)
+    n.pool3 = L.Pooling(n.conv3_relu, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.conv4 = _conv(n.pool3, c[3], 3, 2, 1)
+    n.conv4_relu = L.ReLU(n.conv4, in_place=True)
+    n.conv5 = _conv(n.conv4_relu, c[4], 3, 2, 1)
+    n.conv5_relu = L.ReLU(n.conv5, in_place=True)
+    n.conv6 = _conv(n.conv5_relu, c[5], 3, 2, 1)
+    n.conv6_relu = L.ReLU(n.conv6, in_place=True)
+    up = n.conv6_relu
+    skips = [("conv5", n.conv5_relu), ("conv4", n.conv4_relu), ("pool3", n.pool3), ("conv3", n.conv3_relu),
+             ("conv2", n.conv2_relu)]
+    for i, (name, feature) in enumerate(skips):
+        n[f"{name}_shortcut"] = _conv(feature, d, 1, 1, 0)
+        n[f"h{i}_deconv"] = _deconv(up, d)
+        n[f"h{i}_output"] = L.Eltwise(n[f"{name}_shortcut"], n[f"h{i}_deconv"], operation=P.Eltwise.SUM)
+        up = n[f"h{i}_output"]
+    _heads(n, up, bias=False)
+
+
+def _bn_relu(n: NetSpec, name: str, top):
+    """BatchNorm (Caffe's: statistics by phase), Scale with bias, ReLU; all in place."""
+    n[f"{name}_bn"] = L.BatchNorm(top, in_place=True)
+    n[f"{name}_scale"] = L.Scale(n[f"{name}_bn"], bias_term=True, in_place=True)
+    n[f"{name}_relu"] = L.ReLU(n[f"{name}_scale"], in_place=True)
+    return n[f"{name}_relu"]
+
+
+def compact(n: NetSpec, cfg: Config, bottom) -> None:
+    """Memo step 12 for CPU training: the RawPaper layout (deconvolutions summed with 1x1 skip convolutions) made
+    shallow and normalised. A 3x3 stride-2 stem (S/2), three levels of two 3x3 convolutions (the first of stride 2)
+    down to S/16, and three 4x4 stride-2 deconvolutions back to S/2, each summed with a 1x1 convolution of the
+    encoder feature of its size and followed by a 3x3 convolution (but the last); every convolution and sum is
+    followed by BatchNorm, Scale and ReLU (the author's linear decoder without normalisation learned far slower)."""
+    c, d = cfg.enc_channels, cfg.dec_channels
+    n.stem = _conv(bottom, c[0], 3, 2, 1)
+    feats = [_bn_relu(n, "stem", n.stem)]
+    for i, ch in enumerate(c[1:], start=1):
+        n[f"conv{i}a"] = _conv(feats[-1], ch, 3, 2, 1)
+        n[f"conv{i}b"] = _conv(_bn_relu(n, f"conv{i}a", n[f"conv{i}a"]), ch, 3, 1, 1)
+        feats.append(_bn_relu(n, f"conv{i}b", n[f"conv{i}b"]))
+    up = feats[-1]
+    for i, feature in enumerate(reversed(feats[:-1])):
+        n[f"up{i}_deconv"] = L.Deconvolution(up, num_output=d, kernel_size=4, stride=2, pad=1, bias_term=False,
+                                             weight_filler=dict(type="msra"))
+        n[f"up{i}_shortcut"] = _conv(feature, d, 1, 1, 0)
+        n[f"up{i}"] = L.Eltwise(n[f"up{i}_shortcut"], n[f"up{i}_deconv"], operation=P.Eltwise.SUM)
+        up = _bn_relu(n, f"up{i}", n[f"up{i}"])
+        if i < len(feats) - 2:
+            n[f"up{i}_conv"] = _conv(up, d, 3, 1, 1)
+            up = _bn_relu(n, f"up{i}_conv", n[f"up{i}_conv"])
+    _heads(n, up, bias=True)
+
+
+def encoder_decoder(n: NetSpec, cfg: Config, bottom) -> None:
+    """Memo steps 12-13: cfg.arch's network, then the Slice into heatmap and depth logits."""
+    {"rawpaper": rawpaper, "compact": compact}[cfg.arch](n, cfg, bottom)
+
+
+def latent_readout(n: NetSpec) -> None:
+    """Memo steps 14-15, the paper's: softmax with a learnable beta per joint, soft-argmax, depth maps through a
+    sigmoid (so z01 stays in [0, 1]) read through the normalised heatmaps."""
+    n.heatmap_norm, n.pred_2d = L.SoftArgmax(n.heatmap_logits, normalization=P.SoftArgmax.SOFTMAX,
+                                             beta_filler=dict(type="constant", value=1), ntop=2)
+    n.depth_sigmoid = L.Sigmoid(n.depth_logits)
+    n.pred_zr = L.LatentDepth(n.heatmap_norm, n.depth_sigmoid, depth_lower_bound=DEPTH_LB,
+                              depth_upper_bound=DEPTH_UB)
+
+
+def heatmap_readout(n: NetSpec) -> None:
+    """The explicit variant's read-out (TEST). 2D: the author's sigmoid, divide by the sum, expectation (SoftArgmax
+    SUM). Depth: the GT maps are D = H z01 at every pixel, so z01 = sum Hn sigmoid(D) / sum Hn sigmoid(H).
+    (The author's net took sum Hn sigmoid(D) alone, which is z01 sum H^2 / sum H, about z01 / 2 for a Gaussian
+    H; the division undoes that.) zr = z01 (ub - lb) + lb."""
+    n.heatmap_norm, n.pred_2d = L.SoftArgmax(n.heatmap_logits, normalization=P.SoftArgmax.SUM, ntop=2)
+    n.heatmap_sigmoid = L.Sigmoid(n.heatmap_logits)
+    n.depth_sigmoid = L.Sigmoid(n.depth_logits)
+    n.depth_at_joint = L.LatentDepth(n.heatmap_norm, n.depth_sigmoid, depth_lower_bound=0, depth_upper_bound=1)
+    n.heat_at_joint = L.LatentDepth(n.heatmap_norm, n.heatmap_sigmoid, depth_lower_bound=0, depth_upper_bound=1)
+    n.heat_at_joint_inv = L.Power(n.heat_at_joint, power=-1)
+    n.pred_z01 = L.Eltwise(n.depth_at_joint, n.heat_at_joint_inv, operation=P.Eltwise.PROD)
+    n.pred_zr = L.Power(n.pred_z01, scale=DEPTH_UB - DEPTH_LB, shift=DEPTH_LB)
+
+
+def reconstruction_and_metrics(n: NetSpec) -> None:
+    """Memo steps 16-19 and SPEC section 5's metrics over the visible keypoints."""
+    n.pred_2d_px = L.CropToImage(n.pred_2d, n.bbox)                                            # step 16
+    n.gt_2d_px = L.CropToImage(n.joint_2d, n.bbox)
+    n.zroot, n.root_clamped = L.RootDepth(n.pred_2d_px, n.pred_zr, n.intrinsics, n=8, m=0, c=1, ntop=2)  # 17
+    n.pred_3d_norm = L.Reconstruct3D(n.pred_2d_px, n.pred_zr, n.zroot, n.intrinsics)
+    n.pred_scale = L.ScaleRecovery(n.pred_3d_norm, n.avg_bone)                                 # step 18
+    n.pred_3d = L.Reconstruct3D(n.pred_2d_px, n.pred_zr, n.zroot, n.intrinsics, n.pred_scale)  # step 19
+    n.epe_2d_px = L.EPE2D(n.pred_2d_px, n.gt_2d_px, n.vis)
+    n.epe_3d_rel_mm = L.EPE3D(n.pred_3d, n.joint_3d, n.vis, root_relative=True)
+    n.epe_3d_abs_mm = L.EPE3D(n.pred_3d, n.joint_3d, n.vis, root_relative=False)
+
+
+def make_net(cfg: Config, phase: str, root: str = DEFAULT_ROOT) -> NetSpec:
+    n = NetSpec(name=f"RHD_{cfg.name}")
+    data_layers(n, cfg, phase, root)
+    encoder_decoder(n, cfg, n.image_01)
+    if cfg.explicit:
+        n.loss_heatmap = L.SigmoidCrossEntropyLoss(n.heatmap_logits, n.heatmap, loss_weight=1)
+        n.loss_depth_map = L.SigmoidCrossEntropyLoss(n.depth_logits, n.depth_map, loss_weight=3)
+        if phase == "TRAIN":
+            n.silence = L.Silence(n.depth_01, ntop=0)
+        else:
+            heatmap_readout(n)
+            n.silence = L.Silence(n.depth_01, n.heatmap_norm, ntop=0)
+    else:
+        latent_readout(n)
+        n.loss_2d = L.L1Loss(n.pred_2d, n.joint_2d, loss_weight=cfg.loss_2d_weight)
+        n.loss_z = L.L1Loss(n.pred_zr, n.depth_zr, loss_weight=cfg.loss_z_weight)
+        n.silence = L.Silence(n.depth_01, ntop=0)
+    if phase == "TEST":
+        reconstruction_and_metrics(n)
+    return n
+
+
+def solver_text(cfg: Config, out_dir: str, header: str) -> str:
+    s = cfg.solver
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += [f'train_net: "{out_dir}/rhd_{cfg.name}_train.prototxt"',
+              f'test_net: "{out_dir}/rhd_{cfg.name}_test.prototxt"',
+              f"test_iter: {cfg.test_iter}", f"test_interval: {cfg.test_interval}",
+              "test_initialization: false", f'type: "{s["type"]}"', f"base_lr: {s['base_lr']!r}"]
+    for key in ("momentum", "momentum2"):
+        if key in s:
+            lines.append(f"{key}: {s[key]!r}")
+    lines.append(f'lr_policy: "{s["lr_policy"]}"')
+    lines += [f"stepvalue: {v}" for v in s["stepvalue"]]
+    lines += [f"gamma: {s['gamma']!r}", f"max_iter: {s['max_iter']}", f"weight_decay: {s['weight_decay']!r}",
+              f"display: {s['display']}", "average_loss: 20", f"snapshot: {s['snapshot']}",
+              f'snapshot_prefix: "runs/rhd_{cfg.name}"', "random_seed: 0"]
+    return "\n".join(lines) + "\n"
+
+
+def _header(cfg: Config, argv: list[str], what: str) -> str:
+    return "\n".join([generated_by(argv), f"{cfg.title}: {what}.",
+                      f"Train: python tools/run_net.py --solver prototxt/rhd_{cfg.name}_solver.prototxt",
+                      "(from the repository root, after mkdir -p runs; data from tools/prepare_rhd.py)"])
+
+
+def write_all(out_dir: str = DEFAULT_OUT, root: str = DEFAULT_ROOT, argv: list[str] | None = None,
+              nets=NETS) -> list[str]:
+    """Write every net's three files into out_dir; returns the paths. argv: the command for the header."""
+    argv = argv if argv is not None else ["tools/make_rhd_nets.py"]
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for cfg in nets.values():
+        files = {f"rhd_{cfg.name}_{phase.lower()}.prototxt":
+                 make_net(cfg, phase, root).to_prototxt(header=_header(cfg, argv, f"{phase.lower()} net"))
+                 for phase in ("TRAIN", "TEST")}
+        files[f"rhd_{cfg.name}_solver.prototxt"] = solver_text(cfg, DEFAULT_OUT, _header(cfg, argv, "solver"))
+        for name, text in files.items():
+            path = os.path.join(out_dir, name)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="make_rhd_nets.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=DEFAULT_ROOT, help=f"the converted data's folder (default {DEFAULT_ROOT})")
+    ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where the files go (default {DEFAULT_OUT})")
+    args = ap.parse_args(argv)
+    command = ["tools/make_rhd_nets.py"] + (["--root", args.root] if args.root != DEFAULT_ROOT else [])
+    for path in write_all(args.out_dir, args.root, command):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
