@@ -21,6 +21,9 @@ from layers.hand import metrics
 from nets.errors import NetError
 
 ROLES = ("pred_2d", "gt_2d", "pred_3d", "gt_3d", "visibility", "ambiguous")
+# blobs for the debug images: the crop (B, 3, S, S), 2D in crop units, the normalised heatmaps
+DEBUG_ROLES = {"image": "image", "pred_2d_crop": "pred_2d_crop", "gt_2d_crop": "joint_2d",
+               "heatmaps": "heatmap_norm"}
 REQUIRED = ("pred_2d", "gt_2d", "pred_3d", "gt_3d")
 
 
@@ -68,7 +71,7 @@ def collect(net, names: dict[str, str], samples: int | None = None, debug_count:
             if names.get("clamped") in b:
                 clamped += int(b[names["clamped"]].sum().item())
             if len(debug) < debug_count:
-                debug.extend(_debug_items(b, take, debug_count - len(debug)))
+                debug.extend(_debug_items(b, names, take, debug_count - len(debug)))
             seen += take
             if progress is not None:
                 progress(take)
@@ -77,16 +80,17 @@ def collect(net, names: dict[str, str], samples: int | None = None, debug_count:
     return Collected(index, blobs, clamped, debug)
 
 
-def _debug_items(b, take, count):
-    need = ("image", "pred_2d_crop", "joint_2d")
-    if not all(k in b for k in need):
+def _debug_items(b, names, take, count):
+    """(idx, crop image, predicted and GT 2D in crop units, normalised heatmaps) when the net has those blobs."""
+    image, pred, gt, heat = (names.get(r, d) for r, d in DEBUG_ROLES.items())
+    if not all(k in b for k in (image, pred, gt)):
         return []
     out = []
     for i in range(min(take, count)):
-        heat = b["heatmap_norm"][i].float().cpu().numpy() if "heatmap_norm" in b else None
-        out.append((int(b["index"][i].item()) if "index" in b else i, b["image"][i].cpu().numpy(),
-                    b["pred_2d_crop"][i].double().cpu().numpy().reshape(-1, 2),
-                    b["joint_2d"][i].double().cpu().numpy().reshape(-1, 2), heat))
+        maps = b[heat][i].float().cpu().numpy() if heat in b else None
+        out.append((int(b["index"][i].item()) if "index" in b else i, b[image][i].cpu().numpy(),
+                    b[pred][i].double().cpu().numpy().reshape(-1, 2),
+                    b[gt][i].double().cpu().numpy().reshape(-1, 2), maps))
     return out
 
 
