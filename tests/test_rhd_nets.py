@@ -81,6 +81,7 @@ def test_latent25d_shapes(rhd_converted, phase):
         assert set(net.outputs) == {"loss_2d", "loss_z", "epe_2d_px", "epe_3d_rel_mm", "epe_3d_abs_mm",
                                     "root_clamped"}
         assert all(s[m] == () for m in ("epe_2d_px", "epe_3d_rel_mm", "epe_3d_abs_mm"))
+        assert s["root_clamped"] == (1,) and s["ambiguous"] == (32, 1)       # SPEC 4: counted, not hidden
     else:
         assert set(net.outputs) == {"loss_2d", "loss_z"}
     net.close()

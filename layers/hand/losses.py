@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from layers.base import Layer
 from layers.registry import register_layer
 
