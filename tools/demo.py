@@ -2,7 +2,7 @@
 """The main job, one command: synthetic RHD -> memo layout -> train rhd_synth_small -> evaluate beside the
 mean-pose baseline. Nothing is downloaded.
 
-    python tools/demo.py [--out runs/demo] [--data data] [--train 1000] [--eval 150] [--seed 0]
+    python tools/demo.py [--out runs/demo] [--data data] [--train 8000] [--eval 300] [--seed 0]
                          [--max-iter N] [--device cpu|cuda] [--workers N]
 
 Leaves in OUT: train.log (Caffe's log lines), the snapshot (rhd_synth_small_iter_N.caffemodel.h5 and
@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Synthetic RHD -> train rhd_synth_small -> evaluate vs baseline.")
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--data", default="data")
-    ap.add_argument("--train", type=int, default=1000, help="synthetic training images")
-    ap.add_argument("--eval", type=int, default=150, help="synthetic evaluation images")
+    ap.add_argument("--train", type=int, default=8000, help="synthetic training images")
+    ap.add_argument("--eval", type=int, default=300, help="synthetic evaluation images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-iter", type=int, help="override the solver's max_iter")
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
