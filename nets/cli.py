@@ -254,7 +254,7 @@ def _time(net, inputs: dict, n: int) -> None:
     ms = 1000.0 / n
     print("Average time per layer:")
     for s in net.plan:
-        print(f"{s.name}\tforward: {layer_fwd[s.key] * ms:.3f} ms.")
+        print(f"{s.name}\tforward: {layer_fwd.get(s.key, 0.0) * ms:.3f} ms.")   # source layers: see forward()
         print(f"{s.name}\tbackward: {layer_bwd[s.key] * ms:.3f} ms.")
     print(f"Average Forward pass: {fwd * ms:.3f} ms.")
     print(f"Average Backward pass: {bwd * ms:.3f} ms.")
