@@ -242,7 +242,7 @@ def test_authors_net_pattern_concat_of_ranges_then_choose(tmp_path):
                      'layer { name: "image_index" type: "CrossValidationRandomChooseIndex" bottom: "cat" '
                      'top: "image_index" }\n')
     torch.manual_seed(0)
-    net = Net(text, phase="TRAIN", workers=0)
+    net = Net(text, phase="TRAIN", workers=0, device="cpu")
     assert net.blob_shapes["cat"] == (64, 3) and net.blob_shapes["image_index"] == (64, 1)
     d = net.forward()["image_index"].ravel().long()
     assert all(any(lb <= v <= ub for lb, ub in ranges) for v in d.tolist())

@@ -321,12 +321,12 @@ def net_text(index_list, root, packed):
 def test_net_builds_without_data_and_runs_the_readers(data):
     root, t = data
     lst = memo.index_list_path(root, "training")
-    shapes = Net(net_text(lst, "/nonexistent", "false"), phase="TEST").blob_shapes
+    shapes = Net(net_text(lst, "/nonexistent", "false"), phase="TEST", device="cpu").blob_shapes
     assert shapes == {"index": (4, 1), "image": (4, 3, 16, 16), "image_scale": (4, 3, 16, 16),
                       "avg_bone": (4, 20), "bbox": (4, 4), "k": (4, 4), "joint_2d": (4, 42), "joint_3d": (4, 63)}
     outs = []
     for packed, workers in (("false", 0), ("true", 2)):        # inline, and in DataLoader worker processes
-        net = Net(net_text(lst, root, packed), phase="TEST", workers=workers)
+        net = Net(net_text(lst, root, packed), phase="TEST", workers=workers, device="cpu")
         try:
             outs.append(net.forward())
         finally:
