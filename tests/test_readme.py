@@ -19,7 +19,7 @@ def readme_examples():
 def test_readme_starts_with_the_two_fresh_machine_commands():
     lines = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().splitlines()
     assert lines[0] == "```bash"
-    assert "tools/run_net.py" in lines[1] and "pytest" in lines[2] and lines[3] == "```"
+    assert "tools/demo.py" in lines[1] and "pytest" in lines[2] and lines[3] == "```"
 
 
 def test_custom_layer_example_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
