@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
     rows = run(args.root, args.batches, args.batch_size, args.cold)
-    print(f"| layout | workers | samples/s | vs text, serial |\n|---|---|---|---|")
+    print("| layout | workers | samples/s | vs text, serial |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['layout']} | {r['workers']} | {r['samples/s']:.0f} | {r['vs text, serial']:.2f}x |")
     cache = "page cache dropped before timing" if args.cold else "files in the page cache"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nets.errors import NetError
-from nets.spec import LayerSpec, show, _as_bool, _as_enum, _as_float, _as_int, _as_msg, _as_str, did_you_mean
+from nets.spec import LayerSpec, show, _as_bool, _as_enum, _as_float, _as_int, _as_str, did_you_mean
 from nets.text_format import Field, Message
 
 __all__ = ["Layer", "Params", "P", "Values", "FILLER", "BLOB_SHAPE", "REQUIRED", "Shape"]

@@ -31,7 +31,7 @@ import torch
 
 from layers.base import as_tuple
 from layers.registry import import_user_module
-from nets.errors import NetError
+from nets.errors import NetError, report
 from nets.net import Net
 from nets.weights import load_weights
 
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
     try:
         return _train(args) if args.solver else _run(args)
     except NetError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+        return report(e)
 
 
 def _note(text: str) -> None:

@@ -23,9 +23,8 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 
-from nets.errors import NetError
+from nets.errors import NetError, report
 from nets.spec import LayerSpec, net_spec
 from nets.text_format import Message, parse, parse_file
 
@@ -239,7 +238,6 @@ def main(argv=None) -> int:
     try:
         draw_net_to_file(args.net, args.out, args.rankdir, args.phase, stages)
     except NetError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+        return report(e)
     print(f"Drawing net to {args.out}")
     return 0

@@ -11,3 +11,10 @@ class NetError(Exception):
 
 class ParseError(NetError):
     """Text that is not valid protobuf text format. Message: FILE:LINE:COL: expected ..., found ..."""
+
+
+def report(error: NetError) -> int:
+    """How every command-line tool ends on a user error: `error: <message>` as one line on stderr; returns 2."""
+    import sys
+    print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+    return 2

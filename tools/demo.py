@@ -100,12 +100,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--workers", type=int, default=None, help="data processes (default: min(2, cores))")
     args = ap.parse_args(argv)
-    from nets.errors import NetError
+    from nets.errors import NetError, report
     try:
         return run(args)
     except NetError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+        return report(e)
 
 
 def run(args) -> int:
@@ -162,8 +161,6 @@ def run(args) -> int:
 
 def baseline_row(collected, train_gt_3d):
     """The mean root-relative training pose predicted for every evaluation sample (root-relative numbers only)."""
-    import numpy as np
-
     from layers.hand import evaluation
     mean = (train_gt_3d - train_gt_3d[:, :1]).mean(axis=0)                    # (21, 3), root at 0
     gt = collected.blobs["gt_3d"].reshape(-1, 21, 3)

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from nets.errors import NetError  # noqa: E402
+from nets.errors import NetError, report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,8 +41,7 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except NetError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+        return report(e)
 
 
 def run(args) -> int:

@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd.synthetic import make_dataset  # noqa: E402
-from nets.errors import NetError  # noqa: E402
+from nets.errors import NetError, report  # noqa: E402
 
 
 def _count(text: str) -> int:
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
             root = make_dataset(args.out, args.train, args.eval, args.seed, workers=args.workers,
                                 progress=bar.update)
     except NetError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+        return report(e)
     seconds = time.perf_counter() - start
     print(f"wrote {args.train} training and {args.eval} evaluation images to {root} in {seconds:.1f} s")
     return 0

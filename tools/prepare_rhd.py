@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd import convert, memo  # noqa: E402
-from nets.errors import NetError  # noqa: E402
+from nets.errors import NetError, report  # noqa: E402
 
 
 def _positive_int(text):
@@ -44,8 +44,7 @@ def main(argv=None) -> int:
     try:
         summary = convert.convert(args.rhd_root, args.out, args.splits, args.workers, progress=sys.stderr.isatty())
     except NetError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+        return report(e)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to finish", file=sys.stderr)
         return 130
