@@ -80,8 +80,8 @@ NETS = {
         arch="compact", image_size=64, enc_channels=(16, 32, 48, 64), dec_channels=32, batch=16, test_batch=50,
         loss_2d_weight=32.0, loss_z_weight=6.0,
         solver=dict(type="Adam", base_lr=1e-3, momentum=0.9, momentum2=0.999, lr_policy="multistep",
-                    stepvalue=[5200], gamma=0.1, max_iter=6500, weight_decay=0.0, display=100, snapshot=0),
-        test_iter=12, test_interval=6500),
+                    stepvalue=[7000], gamma=0.1, max_iter=8500, weight_decay=0.0, display=100, snapshot=0),
+        test_iter=12, test_interval=8500),
 }
 
 
