@@ -60,7 +60,7 @@ from nets.errors import NetError
 from nets.net import Net, default_device
 from nets.spec import _as_bool, _as_enum, _as_float, _as_int, _as_msg, _as_str, _check_fields, did_you_mean
 from nets.text_format import Message, parse, parse_file
-from nets.weights import load_weights, save_weights
+from nets.weights import atomic_h5, load_weights, save_weights
 
 __all__ = ["Solver", "SolverParam", "load_solver_param", "learning_rate", "UPDATE_RULES", "STATE_VERSION"]
 
@@ -782,7 +782,7 @@ class Solver:
         save_weights(self.train_net, model)
         path = f"{self.prefix}_iter_{self.iter}.solverstate.h5"
         self._log(f"Snapshotting solver state to HDF5 file {path}")
-        _atomic_h5(path, lambda f: self._write_state(f, os.path.basename(model), states))
+        atomic_h5(path, lambda f: self._write_state(f, os.path.basename(model), states), "solver state")
         self._snapshot_iter = self.iter
         self.last_snapshot = path
         return path
@@ -902,18 +902,3 @@ class Solver:
         np.random.RandomState().set_state(states["numpy"])
         random.Random().setstate(states["python"])
         return it, learned, history, window, states
-
-
-def _atomic_h5(path: str, write) -> None:
-    """Write an HDF5 file through a temporary file in the same folder, then rename it into place."""
-    import h5py
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise NetError(f"cannot write solver state '{path}': {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

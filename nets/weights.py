@@ -68,26 +68,35 @@ def _check_names(layers, path: str) -> None:
 
 def save_weights(net, path) -> None:
     """Write the net's blobs to `path` (HDF5, Caffe's layout). Atomic: a temporary file, then rename."""
-    import h5py
     path = os.fspath(path)
     layers = _layer_blobs(net)
     _check_names(layers, path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise NetError(f"cannot write weights '{path}': no such directory '{directory}'")
-    # Same directory, so os.replace is an atomic rename; created by h5py, so the umask applies.
+
+    def write(f) -> None:
+        data = f.create_group("data")
+        for name, blobs, owned in layers:
+            group = data.require_group(name)   # an earlier layer may have created it as a parent
+            for i, (blob, own) in enumerate(zip(blobs, owned)):
+                if own:
+                    group.create_dataset(str(i), data=blob.detach().float().cpu().numpy())
+
+    atomic_h5(path, write, "weights")
+
+
+def atomic_h5(path: str, write, what: str) -> None:
+    """Write an HDF5 file through `write(h5file)` into a temporary file in the same folder, then rename it into
+    place (an atomic rename; created by h5py, so the umask applies). A kill never leaves a half file at `path`."""
+    import h5py
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            for name, blobs, owned in layers:
-                group = data.require_group(name)   # an earlier layer may have created it as a parent
-                for i, (blob, own) in enumerate(zip(blobs, owned)):
-                    if own:
-                        group.create_dataset(str(i), data=blob.detach().float().cpu().numpy())
+            write(f)
         os.replace(tmp, path)
     except OSError as e:
-        raise NetError(f"cannot write weights '{path}': {e.strerror or e}") from None
+        raise NetError(f"cannot write {what} '{path}': {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
