@@ -38,7 +38,8 @@ from nets.weights import load_weights
 __all__ = ["main"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         n = int(text)
     except ValueError:
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--stage", action="append", default=[], metavar="S",
                     help="net stage for include/exclude rules (repeatable, or comma-separated)")
     ap.add_argument("--level", type=int, default=0, help="net level for include/exclude rules (default 0)")
-    ap.add_argument("--iterations", type=_positive_int, metavar="N", help="passes to run (default 50)")
+    ap.add_argument("--iterations", type=positive_int, metavar="N", help="passes to run (default 50)")
     ap.add_argument("--weights", metavar="W.h5", help="HDF5 weights file (Caffe's layout) to load")
     ap.add_argument("--device", type=_device, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",

@@ -15,24 +15,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd import convert, memo  # noqa: E402
+from nets.cli import positive_int  # noqa: E402
 from nets.errors import NetError, report  # noqa: E402
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
 
 
 def _parser():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rhd-root", required=True, metavar="DIR", help="the release's RHD_published_v2 folder")
     ap.add_argument("--out", required=True, metavar="OUT", help="output root (memo layout + packed.h5 files)")
-    ap.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="K",
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="K",
                     help="worker processes (default: all cores, %(default)s here)")
     ap.add_argument("--splits", nargs="+", choices=memo.SPLITS, default=list(memo.SPLITS),
                     help="splits to convert (default: both)")
