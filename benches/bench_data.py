@@ -4,10 +4,21 @@ and every ground truth), per-sample text layout vs packed HDF5, with 0, 1 and 2 
     python benches/bench_data.py [--root CONVERTED_DIR] [--batches 15] [--batch-size 32] [--cold]
 
 Without --root it generates a synthetic set (300 images) and converts it in a temporary folder first.
-Goals (issue 3): packed with 2 workers >= 400 samples/s on 2 cores, and >= 10x the text layout read serially.
+Goals (issues 3, 6): packed with 2 workers >= 400 samples/s on 2 cores, and >= 10x the text layout read serially.
 The text layout's speed depends on the page cache: right after conversion its files are cached, which is the
 text layout's best case. --cold (root only, Linux) drops the page cache after the warm-up of each measurement,
 as for a training set too large to stay cached (the real one: 82k samples, ~500k small files).
+The source stage keeps freed memory for reuse (nets.perf.keep_freed_memory).
+
+Measured on a 2-core VM shared with other jobs (load 3-4), files cached, samples/s:
+                      text 0w  text 1w  text 2w  packed 0w  packed 1w  packed 2w
+  before (PNG packs)     275      338      347       331        378        373
+  now (pixel packs)     1269      978     1092      3724       2566       1945
+Packed 2 workers is 5.2x before and 7x the old text serial, but 1.5x the current text serial: PASSIVE and the
+kept memory sped the text layout up as well (its main-process share). Packed, a batch of 32 costs ~4.5 ms to
+read (cv2.resize INTER_AREA of crops over 128 px ~0.25 ms each, HDF5 vlen read ~1 ms) plus ~1.5 ms of ground
+truth; workers lose to 0 workers on 2 cores because the per-batch hand-off to the main process (pipe, wake-ups)
+costs more than the reading they take over when the net does nothing else.
 """
 
 from __future__ import annotations

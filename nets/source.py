@@ -5,6 +5,11 @@ main process, one batch at a time, in order. Reader layers (source layers fed on
 functions of the indices, so they run in DataLoader worker processes that decode `prefetch` batches per
 worker ahead of the network. With workers = 0 everything runs inline.
 
+Compact transfer: a reader with `forward_compact` (layers/hand/readers.py) is run through it when no other reader
+takes its tops, so batches carry its tops in their stored type (uint8 pixels: a quarter of float32's bytes through
+the worker pipes); the Net casts every source blob to its dtype on its device, giving forward()'s values exactly.
+The stage applies nets.perf.keep_freed_memory() in the main process and in every worker.
+
 Exact resume: index layers run ahead of the network by the prefetched batches, so the stage remembers the index
 layers' state after each batch it hands out (`state()`), not the state of the batch drawn last.
 """
@@ -16,11 +21,13 @@ import os
 import weakref
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from layers.base import as_tuple
 from nets.errors import NetError
+from nets.perf import keep_freed_memory
 
 if TYPE_CHECKING:
     from nets.net import Net, Step
@@ -33,11 +40,18 @@ def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-def _run_steps(steps, modules, blobs: dict) -> dict:
+def _run_steps(steps, modules, blobs: dict, compact=frozenset()) -> dict:
+    """Run the steps in order; steps whose key is in `compact` through their layer's forward_compact."""
     for step in steps:
-        tops = as_tuple(modules[step.key](*[blobs[b] for b in step.bottoms]))
+        layer = modules[step.key]
+        run = layer.forward_compact if step.key in compact else layer
+        tops = as_tuple(run(*[blobs[b] for b in step.bottoms]))
         blobs.update(zip(step.tops, tops))
     return blobs
+
+
+def _worker_init(worker_id: int) -> None:
+    keep_freed_memory()     # inherited through fork; spawned workers need the call
 
 
 def _shutdown(loader_iter) -> None:
@@ -46,15 +60,41 @@ def _shutdown(loader_iter) -> None:
         shutdown()
 
 
+class _Wire:
+    """A worker's reader tops on their way to the main process, as numpy arrays: pickled by value through the
+    worker's pipe. Tensors would travel as shared memory, one file descriptor per tensor, each fetched from the
+    worker over a socket with a GIL hand-off there: that, not the bytes, held 1 or 2 workers to ~2400 samples/s
+    on 2 cores. The DataLoader's pinning thread (CUDA nets) calls pin_memory()."""
+
+    def __init__(self, tops: dict):
+        self.tops = {k: v.numpy() if v.dtype in _NUMPY_DTYPES else v for k, v in tops.items()}
+
+    def tensors(self) -> dict:
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in self.tops.items()}
+
+    def pin_memory(self) -> dict:
+        return {k: v.pin_memory() for k, v in self.tensors().items()}
+
+
+_NUMPY_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32,
+                 torch.float64, torch.bool}
+
+
+def _unchanged(x):
+    return x     # the DataLoader's collate: keep the _Wire as it is
+
+
 class _Readers(Dataset):
     """Runs the reader layers for one batch of index blobs (inside a worker process when workers > 0)."""
 
-    def __init__(self, steps, modules: dict):
-        self.steps, self.modules = steps, modules
+    def __init__(self, steps, modules: dict, compact: frozenset):
+        self.steps, self.modules, self.compact = steps, modules, compact
 
-    def __getitem__(self, index_blobs: dict) -> dict:
+    def __getitem__(self, index_blobs: dict) -> _Wire:
         with torch.no_grad():
-            return _run_steps(self.steps, self.modules, dict(index_blobs))
+            blobs = _run_steps(self.steps, self.modules, dict(index_blobs), self.compact)
+        # only the readers' tops go back: the main process kept the index blobs it drew
+        return _Wire({t: blobs[t] for step in self.steps for t in step.tops})
 
     def __len__(self) -> int:   # never used for sampling; the sampler is endless
         return 2 ** 62
@@ -68,7 +108,9 @@ class _Draws(Sampler):
 
     def __iter__(self):
         while True:
-            yield self.stage._draw()
+            drawn = self.stage._draw()
+            self.stage._pending_draws.append(drawn)
+            yield drawn
 
 
 class SourceStage:
@@ -91,11 +133,17 @@ class SourceStage:
             else:
                 self.reader_steps.append(step)
         self.index_blobs = sorted(produced_by_index)
+        read_by_readers = {b for s in self.reader_steps for b in s.bottoms}
+        self.compact = frozenset(s.key for s in self.reader_steps if hasattr(net.layers[s.key], "forward_compact")
+                                 and not read_by_readers & set(s.tops))
+        keep_freed_memory()
         self.workers = default_workers() if workers is None else int(workers)
         self.prefetch = prefetch
+        self.rank, self.world = 0, 1     # see shard()
         self._iter = None
         self._loader = None
         self._pending_states: collections.deque = collections.deque()
+        self._pending_draws: collections.deque = collections.deque()   # index blobs of batches in the workers
         self._consumed_state: list | None = None
 
     @property
@@ -106,9 +154,19 @@ class SourceStage:
     def _index_layers(self):
         return [self.net.layers[s.key] for s in self.index_steps]
 
+    def shard(self, rank: int, world: int) -> None:
+        """Data-parallel training: every rank runs the index layers `world` times per batch (so their states
+        stay identical on all ranks) and reads only draw number `rank`. The global batch is thus what one
+        process would read in `world` consecutive batches."""
+        self.close()
+        self.rank, self.world = int(rank), int(world)
+
     def _draw(self) -> dict:
         with torch.no_grad():
-            blobs = _run_steps(self.index_steps, self.net.layers, {})
+            for i in range(self.world):
+                drawn = _run_steps(self.index_steps, self.net.layers, {})
+                if i == self.rank:
+                    blobs = drawn
         self._pending_states.append(self._capture())
         return {k: v.cpu() for k, v in blobs.items()}
 
@@ -129,22 +187,28 @@ class SourceStage:
 
     # -- batches --------------------------------------------------------------------------------------------------
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """The next batch of every source blob, as CPU tensors."""
+        """The next batch of every source blob, as CPU tensors; compact readers' tops in their stored type (see the
+        module doc), which the Net casts."""
         if self.workers == 0:
-            batch = _run_steps(self.reader_steps, self.net.layers, self._draw())
+            batch = _run_steps(self.reader_steps, self.net.layers, self._draw(), self.compact)
         else:
             if self._iter is None:
                 self._start()
-            batch = next(self._iter)
+            tops = next(self._iter)
+            batch = self._pending_draws.popleft()
+            batch.update(tops.tensors() if isinstance(tops, _Wire) else tops)   # pinned: already tensors
         self._consumed_state = self._pending_states.popleft()
         return batch
 
     def _start(self) -> None:
-        readers = _Readers(self.reader_steps, {s.key: self.net.layers[s.key] for s in self.reader_steps})
+        modules = {s.key: self.net.layers[s.key] for s in self.reader_steps}
+        readers = _Readers(self.reader_steps, modules, self.compact)
         self._pending_states.clear()
+        self._pending_draws.clear()
         self._loader = DataLoader(readers, batch_size=None, sampler=_Draws(self), num_workers=self.workers,
+                                  collate_fn=_unchanged,
                                   prefetch_factor=self.prefetch, persistent_workers=False,
-                                  pin_memory=self.net.device.type == "cuda",
+                                  pin_memory=self.net.device.type == "cuda", worker_init_fn=_worker_init,
                                   # its own generator: starting workers must not draw from torch's global RNG
                                   # (that would shift Dropout masks and break exact resume)
                                   generator=torch.Generator().manual_seed(0))
@@ -163,3 +227,4 @@ class SourceStage:
             self._finalizer()
         self._iter = self._loader = None
         self._pending_states.clear()
+        self._pending_draws.clear()

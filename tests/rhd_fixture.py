@@ -85,12 +85,16 @@ def write_memo(root: str, num_images: int = 4, unusable=(3, 6), split: str = "tr
     return truth
 
 
-def write_packed(path: str, truth: dict, split: str, num_images: int) -> None:
+def write_packed(path: str, truth: dict, split: str, num_images: int, version: int = 2) -> None:
     """memo.PACKED_FORMAT from the parsed text values; temp file, then rename (as the converter does, so a
-    reader holding the old file open keeps a consistent view)."""
+    reader holding the old file open keeps a consistent view). version 1: the older format, crops as PNG
+    bytes (truth["png"]); 2: crops as pixels (truth["crop"])."""
     n = 2 * num_images
-    pngs = np.empty(n, dtype=object)
-    pngs[:] = [np.frombuffer(truth["png"].get(i, b""), np.uint8) for i in range(n)]
+    crops = np.empty(n, dtype=object)
+    if version == 1:
+        crops[:] = [np.frombuffer(truth["png"].get(i, b""), np.uint8) for i in range(n)]
+    else:
+        crops[:] = [truth["crop"][i].reshape(-1) if i in truth["crop"] else np.zeros(0, np.uint8) for i in range(n)]
 
     def per_sample(field, shape, dtype):
         out = np.zeros((n,) + shape, dtype)
@@ -100,7 +104,12 @@ def write_packed(path: str, truth: dict, split: str, num_images: int) -> None:
 
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("crop_image", data=pngs, dtype=h5py.vlen_dtype(np.uint8))
+        if version == 1:
+            f.create_dataset("crop_image", data=crops, dtype=h5py.vlen_dtype(np.uint8))
+        else:
+            f.create_dataset("crop_pixels", data=crops, dtype=h5py.vlen_dtype(np.uint8))
+            f.create_dataset("crop_shape", data=np.array([truth["crop"][i].shape[:2] if i in truth["crop"] else (0, 0)
+                                                          for i in range(n)], np.int32))
         f.create_dataset("bbox", data=per_sample("bbox", (4,), np.int32))
         f.create_dataset("image_index", data=np.where(truth["usable"], np.arange(n) // 2, 0).astype(np.int32))
         f.create_dataset("is_left", data=(truth["usable"] & (np.arange(n) % 2 == 0)).astype(np.uint8))
@@ -115,5 +124,5 @@ def write_packed(path: str, truth: dict, split: str, num_images: int) -> None:
         f.create_dataset("avg_bone", data=truth["avg_bone"].astype(np.float32))
         f.attrs["split"] = split
         f.attrs["num_images"] = num_images
-        f.attrs["format_version"] = 1
+        f.attrs["format_version"] = version
     os.replace(tmp, path)

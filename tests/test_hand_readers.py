@@ -118,6 +118,30 @@ def test_text_and_packed_layouts_give_identical_tops(data, type_):
     assert torch.equal(text, packed)
 
 
+def test_packs_of_format_1_with_png_crops_are_still_read(data, tmp_path):
+    root, t = data
+    old = str(tmp_path)
+    write_memo(old, num_images=4, unusable=(3, 6), crop_sizes=CROP_SIZES, packed=False)
+    write_packed(memo.packed_path(old, "training"), t, "training", 4, version=1)
+    assert packed_file(memo.packed_path(old, "training")).version == 1
+    idx = index([7, 1, 4, 2, 1, 5, 0])
+    for type_, extra in (("ReadImage", f"read_image_param {{ resize_size: {S} }}"), ("ReadJoint3D", "")):
+        want = reader(type_, root, False, extra, batch=7)(idx)
+        assert torch.equal(reader(type_, old, True, extra, batch=7)(idx), want)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_forward_compact_is_the_top_in_its_stored_type(data, packed):
+    root, _ = data
+    idx = index([7, 1, 4, 2, 1, 5, 0], torch.float64)
+    for type_, extra, stored in (("ReadImage", f"read_image_param {{ resize_size: {S} }}", torch.uint8),
+                                 ("ReadJoint2D", "", torch.float32), ("ReadBoneLength", "", torch.float32)):
+        layer = reader(type_, root, packed, extra, batch=7)
+        compact, top = layer.forward_compact(idx), layer(idx)
+        assert compact.dtype == stored and top.dtype == torch.float64 and compact.is_contiguous()
+        assert torch.equal(compact.double(), top)
+
+
 def test_float64_index_gives_float64_tops_of_the_same_float32_values(data):
     root, t = data
     out = reader("ReadJoint3D", root, batch=2)(index([1, 2], torch.float64))
@@ -221,8 +245,13 @@ def test_corrupt_png_and_malformed_text_name_the_file_and_sample(tmp_path):
     with pytest.raises(NetError, match=rf"unreadable or corrupt image '{png}' \(sample 1\)"):
         image_reader(root)(index([0, 1]))
     t["png"][1] = b"garbage"
-    write_packed(memo.packed_path(root, "training"), t, "training", 2)
+    write_packed(memo.packed_path(root, "training"), t, "training", 2, version=1)   # PNG bytes
     with pytest.raises(NetError, match=r"unreadable or corrupt image of sample 1 in '.*packed\.h5'"):
+        image_reader(root, packed=True)(index([1]))
+    write_packed(memo.packed_path(root, "training"), t, "training", 2)               # pixels
+    with h5py.File(memo.packed_path(root, "training"), "r+") as f:
+        f["crop_shape"][1] = (31, 30)
+    with pytest.raises(NetError, match=r"crop of sample 1 in '.*packed\.h5' has 2700 bytes for 31 x 30 x 3 pixels"):
         image_reader(root, packed=True)(index([1]))
 
     gt = memo.sample_path(root, "training", "gt_3d", 2)
@@ -268,7 +297,9 @@ def test_missing_or_foreign_packed_file(data, tmp_path):
     other.mkdir(parents=True)
     with h5py.File(other / "packed.h5", "w") as f:
         f.create_dataset("gt_3d", data=np.zeros((2, 21, 3), np.float32))
-    with pytest.raises(NetError, match=r"format_version None, expected 1"):
+    with pytest.raises(NetError, match=r"format_version None, expected 2 "
+                                       r"\(not a packed RHD file, or written by another version: "
+                                       r"tools/prepare_rhd.py rebuilds it\)"):
         reader("ReadJoint3D", str(tmp_path), True)(index([0]))
     (other / "packed.h5").write_bytes(b"not hdf5")
     with pytest.raises(NetError, match=r"cannot open packed file"):
@@ -334,6 +365,10 @@ def test_net_builds_without_data_and_runs_the_readers(data):
         assert net.blobs["index"].flatten().tolist() == [0, 1, 2, 4]     # the index list skips unusable 3
         assert torch.equal(net.blobs["joint_3d"][3], f32(t["gt_3d"][4].reshape(-1)))
         assert net.blobs["image_scale"].max() <= 1.0
+        # the image crossed from the workers as uint8; the net's blob is the layer's float top
+        assert net.source.next_batch()["image"].dtype == torch.uint8
+        direct = image_reader(root, packed == "true", size=16)(index([0, 1, 2, 4]))
+        assert net.blobs["image"].dtype == torch.float32 and torch.equal(net.blobs["image"], direct)
     for name in outs[0]:
         assert torch.equal(outs[0][name], outs[1][name]), name
 

@@ -306,8 +306,8 @@ def test_packed_file_equals_the_text_files(converted):
         num_images = len(LAYOUT[split])
         with h5py.File(memo.packed_path(out, split), "r") as f:
             assert f.attrs["split"] == split and f.attrs["num_images"] == num_images
-            assert f.attrs["format_version"] == 1
-            assert f["crop_image"].shape == (2 * num_images,) and f["gt_3d"].dtype == np.float32
+            assert f.attrs["format_version"] == 2
+            assert f["crop_pixels"].shape == (2 * num_images,) and f["gt_3d"].dtype == np.float32
             assert f["index_list"][:].tolist() == USABLE[split] and f["index_list"].dtype == np.int32
             assert np.array_equal(f["avg_bone"][:], avg.astype(np.float32))
             for i in range(num_images):
@@ -317,10 +317,12 @@ def test_packed_file_equals_the_text_files(converted):
                 usable = idx in USABLE[split]
                 assert f["usable"][idx] == usable
                 if not usable:
-                    assert len(f["crop_image"][idx]) == 0 and not f["gt_3d"][idx].any() and not f["bbox"][idx].any()
+                    assert len(f["crop_pixels"][idx]) == 0 and not f["crop_shape"][idx].any()
+                    assert not f["gt_3d"][idx].any() and not f["bbox"][idx].any()
                     continue
-                with open(memo.sample_path(out, split, "crop_image", idx), "rb") as g:
-                    assert f["crop_image"][idx].tobytes() == g.read()
+                png = cv2.imread(memo.sample_path(out, split, "crop_image", idx), cv2.IMREAD_UNCHANGED)
+                assert f["crop_shape"][idx].tolist() == list(png.shape[:2])
+                assert np.array_equal(f["crop_pixels"][idx].reshape(png.shape), png)
                 box = [int(_read(out, split, b, idx, 1, True)[0]) for b in memo.BBOX_FIELDS]
                 assert f["bbox"][idx].tolist() == box
                 assert f["image_index"][idx] == _read(out, split, "image_index", idx, 1, True)[0]

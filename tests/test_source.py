@@ -167,3 +167,46 @@ def test_run_net_time_on_a_net_with_a_source_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     # the wait for data is billed to the last source layer; the index layer ran ahead, at 0 ms here
     assert "idx\tforward: 0.000 ms." in out and "read\tforward:" in out and "double\tbackward:" in out
+
+
+@register_layer("CompactReaderForTest")
+class CompactReader(Layer):
+    """A reader with a compact form: 'sample i' = i % 256 as uint8 in forward_compact, float in forward."""
+    is_source = True
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward_compact(self, index):
+        return (index.to(torch.int64) % 256).to(torch.uint8)
+
+    def forward(self, index):
+        return self.forward_compact(index).to(index.dtype)
+
+
+COMPACT_NET = """
+layer { name: "idx" type: "CounterIndexForTest" top: "idx" counter_param { batch_size: 3 } }
+layer { name: "read" type: "CompactReaderForTest" bottom: "idx" top: "pix" }
+layer { name: "again" type: "CompactReaderForTest" bottom: "pix" top: "pix2" }
+layer { name: "scale" type: "Power" bottom: "pix2" top: "out" power_param { scale: 0.5 } }
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_compact_readers_ship_their_stored_type_and_the_net_casts_it(workers):
+    net = Net(COMPACT_NET, device="cpu", workers=workers)
+    try:
+        # 'read' feeds another reader, which expects its float top: only 'again' ships compact
+        assert net.source.compact == {net.source.reader_steps[1].key}
+        batch = net.source.next_batch()
+        assert batch["pix"].dtype == torch.float32 and batch["pix2"].dtype == torch.uint8
+        assert batch["pix2"].view(-1).tolist() == [0, 1, 2]
+        for _ in range(90):                 # cursor 3 .. 272: wraps at 256 like the uint8 form
+            out = net.forward()["out"]
+        assert net.blobs["pix2"].dtype == torch.float32
+        assert out.view(-1).tolist() == [0.5 * (i % 256) for i in (270, 271, 272)]
+        net.double()
+        net.forward()
+        assert net.blobs["pix2"].dtype == torch.float64 and net.blobs["pix2"].view(-1).tolist() == [17.0, 18.0, 19.0]
+    finally:
+        net.close()

@@ -16,6 +16,8 @@ Tops are (B, ...) in the index blob's float dtype (the default dtype for an inte
 numbers go through float32 (as the packed file and Caffe's float blobs hold them), so both layouts agree
 bit for bit. A batch may repeat an index: each distinct sample is read once and the rows come back in the
 batch's order. Errors are NetError naming the layer, the path and the sample index.
+forward_compact(index) gives the same top in its stored type on the CPU (uint8 pixels for ReadImage, float32
+numbers for the others); the source stage (nets/source.py) sends that form from its workers.
 
 Also here: the author's generic readers ReadBlobFromFileIndexing and ReadBlobFromFile, and MulRGB.
 """
@@ -96,13 +98,21 @@ class _Reader(Layer):
         return [(bottom_shapes[0][0], *self.sample_shape)]
 
     def forward(self, index):
+        return self.forward_compact(index).to(device=index.device, dtype=_out_dtype(index))
+
+    def forward_compact(self, index) -> torch.Tensor:
+        """The top in its stored type, on the CPU: uint8 for pixels, float32 for numbers. forward() is exactly
+        this cast to the index blob's float dtype and device. The source stage ships this form from its worker
+        processes (a quarter of the bytes for images) and the Net casts it to its dtype."""
         uniq, inverse = np.unique(sample_indices(self, index), return_inverse=True)
         try:
             rows = self.read(uniq)
         except NetError as e:
             raise self.error(str(e)) from None
-        out = torch.from_numpy(np.ascontiguousarray(rows[inverse], dtype=np.float32))
-        return out.to(device=index.device, dtype=_out_dtype(index))
+        if len(uniq) != len(inverse) or np.any(np.diff(inverse) != 1):   # a repeated or unsorted batch
+            rows = rows[inverse]
+        dtype = np.uint8 if rows.dtype == np.uint8 else np.float32
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype))
 
     def read(self, uniq: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -143,7 +153,7 @@ class ReadImage(_RhdReader):
 
     Two forms:
       rhd_data_param { root split packed } + read_image_param { resize_size }: crop_image/<idx>.png of the
-        memo layout, or the PNG bytes of packed.h5 (decoded by the same decoder: identical pixels);
+        memo layout, or the crop's pixels in packed.h5 (the PNG decoded at conversion: identical pixels);
       read_image_param { read_path zero_pad image_suffix resize_size } (the author's form): reads the file
         read_path + idx (zero-padded to zero_pad digits) + image_suffix, plain string concatenation.
     Bottoms: index (B, 1).  Tops: image (B, 3, S, S).
@@ -180,13 +190,22 @@ class ReadImage(_RhdReader):
         return self._images((i, _read_bytes(path, i), f"'{path}' (sample {i})") for i, path in paths)
 
     def read_packed(self, f, uniq):
-        pngs = f.rows("crop_image", uniq)
-        return self._images((i, data, f"of sample {i} in '{f.path}'") for i, data in zip(uniq, pngs))
+        if f.version == 1:    # packs of format 1 hold the PNG bytes (prepare_rhd.py rewrites them as pixels)
+            pngs = f.rows("crop_image", uniq)
+            return self._images((i, data, f"of sample {i} in '{f.path}'") for i, data in zip(uniq, pngs))
+        return self._resized(f.crops(uniq))
 
     def _images(self, items) -> np.ndarray:
+        return self._resized(decode_image(data, where) for _, data, where in items)
+
+    def _resized(self, imgs) -> np.ndarray:
+        """H x W x 3 uint8 images -> (n, 3, S, S) uint8."""
         s = self.p.resize_size
-        imgs = [resize_square(decode_image(data, where), s) for _, data, where in items]
-        return np.stack(imgs).transpose(0, 3, 1, 2)
+        imgs = list(imgs)
+        out = np.empty((len(imgs), 3, s, s), np.uint8)
+        for img, planes in zip(imgs, out):
+            cv2.split(resize_square(img, s), list(planes))   # into out's planes (4x faster than a transpose copy)
+        return out
 
 
 @register_layer("ReadBoneLength")
@@ -200,7 +219,7 @@ class ReadBoneLength(_RhdReader):
     """
     sample_shape = (NUM_BONES,)
 
-    def forward(self, index):
+    def forward_compact(self, index):
         try:
             if self.packed_path:
                 bones = np.asarray(packed_file(self.packed_path).avg_bone(), np.float64)
@@ -211,8 +230,7 @@ class ReadBoneLength(_RhdReader):
                 bones = memo.read_numbers(memo.avg_bone_path(self.root), NUM_BONES, "average bone lengths")
         except NetError as e:
             raise self.error(str(e)) from None
-        row = torch.from_numpy(bones.astype(np.float32)).to(device=index.device, dtype=_out_dtype(index))
-        return row.expand(index.shape[0], NUM_BONES).contiguous()
+        return torch.from_numpy(bones.astype(np.float32)).expand(index.shape[0], NUM_BONES).contiguous()
 
 
 @register_layer("ReadBBox")

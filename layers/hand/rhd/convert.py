@@ -49,7 +49,8 @@ import cv2
 import numpy as np
 
 from layers.hand import skeleton
-from layers.hand.rhd import memo, release
+from layers.hand.readers import decode_image
+from layers.hand.rhd import memo, packed, release
 from nets.errors import NetError
 
 GT_BOX_LIMIT = 1.5
@@ -300,7 +301,8 @@ def collect_image(task):
                 png = f.read()
         except OSError as e:
             raise NetError(f"cannot read '{crop_path}' ({what}): {e.strerror or e}") from None
-        values = {"crop_image": png}
+        # the readers' own decoder: the packed pixels are exactly what reading the PNG gives
+        values = {"crop_image": decode_image(png, f"'{crop_path}' ({what})")}
         for field in memo.INT_FIELDS:
             values[field] = int(memo.read_numbers(memo.sample_path(out, split, field, idx), 1, what, True)[0])
         for field, (rows, cols) in memo.ARRAY_FIELDS.items():
@@ -430,14 +432,16 @@ def _write_packed(out, split, num_images, collected):
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            crops = f.create_dataset("crop_image", (n,), dtype=h5py.vlen_dtype(np.uint8))
+            crops = f.create_dataset("crop_pixels", (n,), dtype=h5py.vlen_dtype(np.uint8))
+            arrays["crop_shape"] = np.zeros((n, 2), np.int32)
             for image_id, k, hands in collected:
                 arrays["camera_k"][image_id] = k
                 for hand, v in enumerate(hands):
                     if v is None:
                         continue
                     idx = 2 * image_id + hand
-                    crops[idx] = np.frombuffer(v["crop_image"], np.uint8)
+                    crops[idx] = v["crop_image"].reshape(-1)
+                    arrays["crop_shape"][idx] = v["crop_image"].shape[:2]
                     arrays["bbox"][idx] = [v[b] for b in memo.BBOX_FIELDS]
                     arrays["image_index"][idx] = v["image_index"]
                     arrays["is_left"][idx] = v["is_left_hand_or_not"]
@@ -454,7 +458,7 @@ def _write_packed(out, split, num_images, collected):
                 f.create_dataset(name, data=value)
             f.attrs["split"] = split
             f.attrs["num_images"] = num_images
-            f.attrs["format_version"] = 1
+            f.attrs["format_version"] = packed.FORMAT_VERSION
         os.chmod(tmp, 0o666 & ~memo._UMASK)   # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
