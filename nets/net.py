@@ -11,6 +11,7 @@ bottom, a blob with two producers, a bottom produced only later (a cycle), a sha
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -245,10 +246,13 @@ class Net(nn.Module):
         return sorted(available)
 
     # -- run -----------------------------------------------------------------------------------------------
+    _compiled = None   # set by compile()
+
     def forward(self, _timings: dict[str, float] | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run every layer in order; inputs are tensors for the Input blobs. Returns the output blobs.
 
-        `_timings`, when given, accumulates each layer's forward seconds under its key in `self.layers`."""
+        `_timings`, when given, accumulates each layer's forward seconds under its key in `self.layers` (the
+        layers then run eagerly, also after compile())."""
         source_tops = self.source.tops if self.source else []
         unknown = set(inputs) - set(self.inputs) - set(source_tops)
         if unknown:
@@ -257,7 +261,6 @@ class Net(nn.Module):
             raise NetError(f"net '{self.name}' has no input blob '{name}'{did_you_mean(name, known)}"
                            f" (inputs: {', '.join(known) or 'none'})")
         blobs: dict[str, torch.Tensor] = {}
-        loss = None
         cuda = self.device.type == "cuda"
         if _timings is not None and cuda:
             torch.cuda.synchronize(self.device)   # don't bill queued work to the first layer
@@ -270,8 +273,9 @@ class Net(nn.Module):
             if _timings is not None:   # the source stage runs ahead: its cost is the time the net waited
                 last = [st for st in self.plan if st.is_source][-1].key
                 _timings[last] = _timings.get(last, 0.0) + time.perf_counter() - t0
+        # Input and source steps first: they depend on no network step (a source step's bottoms are all
+        # source blobs), so this is the plan's order as far as any blob can tell.
         for step in self.plan:
-            layer = self.layers[step.key]
             if step.is_source:
                 if not inline_source:
                     continue
@@ -279,37 +283,103 @@ class Net(nn.Module):
                     for t in step.tops:
                         blobs[t] = self._to_net(torch.as_tensor(inputs[t]))
                     continue
+            elif not self.layers[step.key].is_input:
+                continue
             t0 = time.perf_counter() if _timings is not None else 0.0
-            if layer.is_input:
-                tops = []
-                for t in step.tops:
-                    if t not in inputs:
-                        raise NetError(f"{step.spec.where}: input blob '{t}' was not given "
-                                       f"(expected shape {self.blob_shapes[t]})")
-                    tops.append(layer(self._to_net(torch.as_tensor(inputs[t]))))
-            else:
-                bottoms = [blobs[b] if keep else blobs[b].detach()
-                           for b, keep in zip(step.bottoms, step.propagate)]
-                try:
-                    tops = as_tuple(layer(*bottoms))
-                except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
-                    # e.g. inputs of another shape than the net was built for; the cause stays chained
-                    shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
-                    detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise NetError(f"{step.spec.where}: failed on bottoms {shown}: {detail}") from e
+            tops = self._input_tops(step, inputs) if not step.is_source else self._call(step, blobs)
+            blobs.update(zip(step.tops, tops))
             if _timings is not None:
                 if cuda:
                     torch.cuda.synchronize(self.device)
                 _timings[step.key] = _timings.get(step.key, 0.0) + time.perf_counter() - t0
-            for name, value in zip(step.tops, tops):
-                blobs[name] = value
-            for value, w in zip(tops, step.loss_weights):
-                if w:
-                    term = w * value.sum()
-                    loss = term if loss is None else loss + term
+        if self._compiled is not None and _timings is None:
+            blobs, loss = self._run_compiled(blobs)
+        else:
+            loss = self._run_network(blobs, _timings, cuda)
         self.blobs = blobs
         self.loss = loss
         return {name: blobs[name] for name in self.outputs}
+
+    def _input_tops(self, step: Step, inputs: dict) -> list[torch.Tensor]:
+        layer = self.layers[step.key]
+        tops = []
+        for t in step.tops:
+            if t not in inputs:
+                raise NetError(f"{step.spec.where}: input blob '{t}' was not given "
+                               f"(expected shape {self.blob_shapes[t]})")
+            tops.append(layer(self._to_net(torch.as_tensor(inputs[t]))))
+        return tops
+
+    def _call(self, step: Step, blobs: dict) -> tuple:
+        """One layer on its bottoms (detached where propagate_down is false); torch's errors become NetErrors."""
+        bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(step.bottoms, step.propagate)]
+        try:
+            return as_tuple(self.layers[step.key](*bottoms))
+        except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
+            # e.g. inputs of another shape than the net was built for; the cause stays chained
+            shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise NetError(f"{step.spec.where}: failed on bottoms {shown}: {detail}") from e
+
+    def _run_network(self, blobs: dict, timings: dict | None = None, cuda: bool = False):
+        """The network steps (not input, not source) eagerly, in order, into `blobs`; returns the loss."""
+        loss = None
+        for step, weighted in self._network_plan():
+            if timings is None:
+                tops = self._call(step, blobs)
+            else:
+                t0 = time.perf_counter()
+                tops = self._call(step, blobs)
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                timings[step.key] = timings.get(step.key, 0.0) + time.perf_counter() - t0
+            blobs.update(zip(step.tops, tops))
+            for i, w in weighted:
+                term = w * tops[i].sum()
+                loss = term if loss is None else loss + term
+        return loss
+
+    def _network_plan(self) -> list[tuple[Step, list[tuple[int, float]]]]:
+        """The network steps with their (top index, loss weight) pairs of nonzero weight, made once."""
+        plan = self.__dict__.get("_network_steps")
+        if plan is None:
+            plan = [(st, [(i, w) for i, w in enumerate(st.loss_weights) if w]) for st in self.plan
+                    if not st.is_source and not self.layers[st.key].is_input]
+            self.__dict__["_network_steps"] = plan
+        return plan
+
+    def _network_fn(self, blobs: dict):
+        """What compile() compiles: the network steps as one function of the input and source blobs,
+        returning every blob (so net.blobs stays complete) and the loss."""
+        blobs = dict(blobs)
+        modules = self.layers._modules
+        loss = None
+        for step, weighted in self._network_plan():
+            tops = as_tuple(modules[step.key](*[blobs[b] if keep else blobs[b].detach()
+                                                for b, keep in zip(step.bottoms, step.propagate)]))
+            blobs.update(zip(step.tops, tops))
+            for i, w in weighted:
+                term = w * tops[i].sum()
+                loss = term if loss is None else loss + term
+        return blobs, loss
+
+    def _run_compiled(self, blobs: dict):
+        try:
+            return self._compiled(blobs)
+        except Exception:   # noqa: BLE001 - rerun eagerly: a user error then names its layer
+            loss = self._run_network(blobs)
+            # the eager run worked, so the compiler failed (e.g. no C++ compiler): stay eager from now on
+            warnings.warn(f"net '{self.name}': torch.compile failed, running eagerly", RuntimeWarning,
+                          stacklevel=3)
+            self._compiled = None
+            return blobs, loss
+
+    def compile(self, **options) -> "Net":
+        """Run the network steps (all but Input and source layers) through torch.compile(**options) from now
+        on. forward(_timings=...) still runs layer by layer, eagerly; net.blobs still holds every blob. If
+        compiling fails at the first forward, the net warns and stays eager. Returns the net."""
+        self._compiled = torch.compile(self._network_fn, **options)
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
