@@ -3,10 +3,11 @@ or train with a solver, like `caffe train` (--solver).
 
     python tools/run_net.py NET.prototxt [--phase TRAIN|TEST] [--stage S] [--level N] [--iterations N]
                             [--weights W.h5] [--device cpu|cuda] [--import MODULE_OR_FILE] [--time] [--seed N]
-                            [--workers N]
+                            [--workers N] [--amp [bfloat16|float16]] [--channels-last] [--compile]
     python tools/run_net.py --solver SOLVER.prototxt [--snapshot STATE.solverstate.h5 | --weights W.h5]
                             [--stage S] [--level N] [--device cpu|cuda] [--import MODULE_OR_FILE]
-                            [--seed N] [--workers N]
+                            [--seed N] [--workers N] [--amp [bfloat16|float16]] [--channels-last] [--compile]
+    torchrun --nproc_per_node=N tools/run_net.py --solver SOLVER.prototxt ...    # data-parallel training
 
 Test mode runs N forward passes and prints each output blob's mean over them (`name = value`; a tensor
 output is averaged over its elements), then the weighted loss (`Loss: value`, as caffe test prints it) when the net has one.
@@ -16,6 +17,11 @@ Solver mode trains (nets/solver.py): Caffe's log lines on stdout, snapshots ever
 the end; --snapshot resumes from a solver state, --weights fine-tunes (comma-separated files allowed),
 --stage/--level go to the train net's state, --seed replaces random_seed. Ctrl-C finishes the iteration,
 writes a snapshot and exits with status 130; a second Ctrl-C aborts at once.
+Started by torchrun with several processes, --solver trains data-parallel (nets/distributed.py: gloo on the
+CPU, NCCL on CUDA with one GPU per process; rank 0 logs and snapshots; the global batch is N times the net's).
+--amp runs forward passes in mixed precision (bfloat16 by default, float16 with loss scaling when training),
+--channels-last stores 4-D weights and data in NHWC order, --compile runs the nets through torch.compile
+(nets/accel.py, Net.compile).
 
 Results go to stdout; notes, the progress bar (only on a terminal) and errors go to stderr. A user error
 (NetError) prints one line, `error: <message>`, and exits with status 2.
@@ -31,6 +37,7 @@ import torch
 
 from layers.base import as_tuple
 from layers.registry import import_user_module
+from nets.accel import amp_dtype, autocast, to_channels_last
 from nets.errors import NetError, report
 from nets.net import Net
 from nets.weights import load_weights
@@ -83,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, help="random seed (default 0; with --solver: the solver's random_seed)")
     ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="processes reading data ahead of the net (default: min(2, cores); 0 reads inline)")
+    ap.add_argument("--amp", nargs="?", const="auto", choices=("auto", "bfloat16", "float16"),
+                    help="mixed precision: convolutions and products in 16 bits (default type: bfloat16 where "
+                         "the device supports it, else float16)")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC memory order for 4-D weights and data")
+    ap.add_argument("--compile", action="store_true", help="run the nets through torch.compile")
     return ap
 
 
@@ -115,14 +127,17 @@ def _stages(args) -> list[str]:
 
 
 def _train(args) -> int:
+    from nets import distributed
     from nets.solver import Solver
     for module in args.imports:
         import_user_module(module)
     weights = [] if args.snapshot else ([args.weights] if args.weights else None)
     solver = None
     try:
-        solver = Solver(args.solver, device=args.device, workers=args.workers, stages=_stages(args),
-                        level=args.level or None, weights=weights, seed=args.seed)
+        device = distributed.init_from_env(args.device)
+        solver = Solver(args.solver, device=device, workers=args.workers, stages=_stages(args),
+                        level=args.level or None, weights=weights, seed=args.seed, amp=args.amp,
+                        channels_last=args.channels_last, compile=args.compile)
         solver.solve(resume=args.snapshot)
     except KeyboardInterrupt:
         where = f" at iteration {solver.iter}" if solver else " before training started"
@@ -133,6 +148,9 @@ def _train(args) -> int:
     finally:
         if solver is not None:
             solver.close()
+        distributed.shutdown()
+    if solver.rank != 0:
+        return 130 if solver.interrupted else 0
     if solver.interrupted:
         if solver.last_snapshot:
             print(f"interrupted at iteration {solver.iter}: snapshot written; resume with "
@@ -156,12 +174,18 @@ def _run(args) -> int:
     for name, shape in net.inputs.items():
         inputs[name] = torch.randn(shape, device=net.device)
         _note(f"input '{name}' {shape} filled with random normal data")
+    if args.channels_last:
+        net.to(memory_format=torch.channels_last)
+        inputs = {k: to_channels_last(v) for k, v in inputs.items()}
+    if args.compile:
+        net.compile()
     try:
         iterations = 50 if args.iterations is None else args.iterations
-        if args.time:
-            _time(net, inputs, iterations)
-        else:
-            _test(net, inputs, iterations)
+        with autocast(net.device, amp_dtype(net.device, args.amp)):
+            if args.time:
+                _time(net, inputs, iterations)
+            else:
+                _test(net, inputs, iterations)
     finally:
         net.close()
     return 0

@@ -25,6 +25,12 @@ numpy / python RNG states and the index layers' states, see `_write_state`); eac
 file in the same folder and renamed, so an interruption leaves the last complete snapshot intact. Resuming
 from a snapshot on the CPU continues exactly as the uninterrupted run would have.
 
+Data-parallel (inside a torchrun process group, nets/distributed.py): the train net runs in
+DistributedDataParallel, gradients are averaged over the ranks after the last iter_size pass, the reported
+loss and outputs are the ranks' means, rank 0 alone logs, tests and writes snapshots, and a Ctrl-C stops
+every rank after the same iteration. Speed options (nets/accel.py): amp runs forward passes under autocast
+(float16 with dynamic loss scaling: an overflowing iteration is skipped), channels_last, compile.
+
 Where this differs from Caffe:
 - The learning rate is computed in double precision (Caffe: the net's Dtype).
 - The smoothed-loss window is solver state (kept across step() calls and in snapshots), so a resumed run
@@ -49,6 +55,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -56,6 +63,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nets import distributed as ddp
+from nets.accel import LossScaler, amp_dtype, autocast, to_channels_last
 from nets.errors import NetError
 from nets.net import Net, default_device
 from nets.spec import _as_bool, _as_enum, _as_float, _as_int, _as_msg, _as_str, _check_fields, did_you_mean
@@ -395,26 +404,54 @@ def _read_str(ds) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
+def _rank_seed(base: int, rank: int) -> int:
+    """A seed for rank > 0 of a data-parallel run, distinct per rank and from the base seed."""
+    return (base * 1_000_003 + rank * 7_919) % (2 ** 63)
+
+
+def _blobs_reaching_loss(net: Net) -> set[str]:
+    """Blobs a loss-weighted top depends on through differentiable paths (propagate_down honoured)."""
+    reaching = {t for st in net.plan for t, w in zip(st.tops, st.loss_weights) if w}
+    for st in reversed(net.plan):
+        if any(t in reaching for t in st.tops):
+            reaching.update(b for b, keep in zip(st.bottoms, st.propagate) if keep)
+    return reaching
+
+
 # ---- the solver -----------------------------------------------------------------------------------------------
 
 class Solver:
     def __init__(self, solver, device=None, workers: int | None = None, *, stages=(), level: int | None = None,
-                 weights=None, seed: int | None = None):
+                 weights=None, seed: int | None = None, amp: str | None = None, channels_last: bool = False,
+                 compile: bool = False):
         """`solver`: a solver file, solver text or parsed Message. `stages`/`level` add to train_state (as
         caffe train's --stage/--level). `weights`: files to fine-tune from, replacing the solver's `weights`
-        field (None keeps it; [] loads none). `seed` replaces random_seed."""
+        field (None keeps it; [] loads none). `seed` replaces random_seed. `amp`: mixed precision ("auto",
+        "bfloat16" or "float16", nets/accel.py); `channels_last`: NHWC memory order for 4-D weights and
+        data; `compile`: torch.compile the nets (Net.compile). Inside a torchrun process group of several
+        processes the solver trains data-parallel (nets/distributed.py)."""
         self.param = p = load_solver_param(solver)
         if seed is not None:
             p.random_seed = seed
         p.train_state.stages = list(p.train_state.stages) + list(stages)
         if level is not None:
             p.train_state.level = level
+        self.rank, self.world = ddp.rank(), ddp.world_size()
         self.prefix = self._snapshot_prefix()
         self.device = default_device(device)
-        if p.random_seed >= 0:   # before the nets: fillers and the index layers' RNGs derive from it
-            torch.manual_seed(p.random_seed)
-            np.random.seed(p.random_seed % 2 ** 32)
-            random.seed(p.random_seed)
+        seed_ = p.random_seed
+        if seed_ < 0 and self.world > 1:
+            # the ranks' index layers must draw alike (they shard one global batch): one seed for all
+            seed_ = ddp.broadcast_object(int(torch.randint(0, 2 ** 31 - 1, ()).item()))
+        if seed_ >= 0:   # before the nets: fillers and the index layers' RNGs derive from it
+            _seed_all(seed_)
+        self._seed = max(seed_, 0)
         self.train_net = self._make_net(*self._train_source(), p.train_state, "TRAIN", workers)
         self.test_nets: list[Net] = []
         for i, (src, where) in enumerate(self._test_sources()):
@@ -422,8 +459,22 @@ class Solver:
             net = self._make_net(src, where, state, "TEST", workers)
             _share_trained_layers(net, self.train_net)
             self.test_nets.append(net)
+        if self.world > 1:
+            if self.train_net.source is not None:
+                self.train_net.source.shard(self.rank, self.world)
+            if self.rank > 0:   # different Dropout masks on each rank's samples, as in one big batch
+                _seed_all(_rank_seed(seed_, self.rank))
+        self.amp_dtype = amp_dtype(self.device, amp)
+        self.scaler = LossScaler() if self.amp_dtype == torch.float16 else None
+        self.channels_last = channels_last
+        for net in self._nets():
+            if channels_last:
+                net.to(memory_format=torch.channels_last)
+            if compile:
+                net.compile()
         self.rule = UPDATE_RULES[p.type](p)
         self.params = list(self.train_net.param_info)
+        self._replica = self._wrap_data_parallel()
         n = self.rule.n_history
         self.history = [torch.zeros_like(pi.tensor) for _ in range(n) for pi in self.params]
         self.iter = 0
@@ -432,6 +483,7 @@ class Solver:
         self.last_snapshot: str | None = None     # solver state file of the last snapshot
         self._snapshot_iter: int | None = None
         self._stop = False
+        self._stop_agreed = False
         self._sigints = 0
         self._guarded = False
         self._bar = None
@@ -504,6 +556,19 @@ class Solver:
                        f"'{os.path.dirname(prefix)}' does not exist (looked relative to the current directory"
                        f"{' and to the solver' + chr(39) + 's folder' if p.folder else ''})")
 
+    def _wrap_data_parallel(self):
+        """The train net in DistributedDataParallel (None in a single process). find_unused_parameters only
+        when some learnable tensor cannot reach a loss: it costs a graph traversal per iteration."""
+        if self.world <= 1 or not any(pi.tensor.requires_grad for pi in self.params):
+            return None
+        from torch.nn.parallel import DistributedDataParallel
+        net = self.train_net
+        reaching = _blobs_reaching_loss(net)
+        unused = any(pi.tensor.requires_grad for st in net.plan if not any(t in reaching for t in st.tops)
+                     for pi in self.params if pi.layer == st.name)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=unused)
+
     def load_weights(self, path: str, from_solver: bool = False) -> None:
         """Fine-tune from an HDF5 weights file (into the train net and the test nets' own layers)."""
         if from_solver:
@@ -512,7 +577,8 @@ class Solver:
         report = load_weights(self.train_net, path)
         for net in self.test_nets:
             load_weights(net, path)
-        print(f"note: {report}", file=sys.stderr, flush=True)
+        if self.rank == 0:
+            print(f"note: {report}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Stop the nets' data worker processes."""
@@ -527,6 +593,8 @@ class Solver:
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log(self, line: str) -> None:
+        if self.rank != 0:
+            return
         if self._bar is not None and not self._bar.disable:
             self._bar.write(line, file=sys.stdout)
             sys.stdout.flush()
@@ -538,27 +606,57 @@ class Solver:
         return learning_rate(self.param, self.iter)
 
     # -- running the nets ---------------------------------------------------------------------------------------
-    def _forward(self, net: Net) -> dict[str, torch.Tensor]:
-        """One forward pass. The source batch is drawn with torch's RNG state set aside: starting the data
-        workers draws a seed from it, which would make a resumed run's Dropout masks differ."""
-        if net.source is None:
-            return net.forward()
-        with torch.random.fork_rng(devices=[]):
-            batch = net.source.next_batch()
-        return net.forward(**{k: v.to(net.device, non_blocking=True) for k, v in batch.items()})
+    def _forward(self, net: Net, module: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """One forward pass (through `module`, the data-parallel replica, when given). The source batch is
+        drawn with torch's RNG state set aside: starting the data workers draws a seed from it, which would
+        make a resumed run's Dropout masks differ."""
+        batch = {}
+        if net.source is not None:
+            with torch.random.fork_rng(devices=[]):
+                batch = net.source.next_batch()
+            batch = {k: v.to(net.device, non_blocking=True) for k, v in batch.items()}
+            if self.channels_last:
+                batch = {k: to_channels_last(v) for k, v in batch.items()}
+        with autocast(self.device, self.amp_dtype):
+            return (module or net)(**batch)
 
     def _train_iteration(self) -> tuple[float, dict]:
         net = self.train_net
         net.zero_grad(set_to_none=True)
         total = 0.0
         outputs = {}
-        for _ in range(self.param.iter_size):
-            outputs = self._forward(net)
-            if net.loss is not None:
-                if net.loss.requires_grad:
-                    net.loss.backward()
-                total += net.loss.item()
-        return total / self.param.iter_size, outputs
+        n = self.param.iter_size
+        for k in range(n):
+            # gradients are averaged over the ranks once, after the last of the iter_size passes
+            sync = self._replica.no_sync() if self._replica is not None and k < n - 1 else contextlib.nullcontext()
+            with sync:
+                outputs = self._forward(net, self._replica)
+                if net.loss is not None:
+                    if net.loss.requires_grad:
+                        (net.loss * self.scaler.scale if self.scaler else net.loss).backward()
+                    total += net.loss.item()
+        return total / n, outputs
+
+    def _agree(self, loss: float) -> float:
+        """The loss averaged over the ranks, and the ranks' stop requests (Ctrl-C) merged, in one collective:
+        every rank must stop after the same iteration."""
+        if self.world <= 1:
+            return loss
+        both = ddp.all_reduce_mean(torch.tensor([loss, float(self._stop)], dtype=torch.float64,
+                                                device=self._collective_device()))
+        self._stop_agreed = bool(both[1].item() > 0)
+        return float(both[0].item())
+
+    def _stopping(self) -> bool:
+        """Whether to stop now: the Ctrl-C flag itself in one process, the last agreed one across ranks."""
+        return self._stop_agreed if self.world > 1 else self._stop
+
+    def _agree_stop(self) -> bool:
+        self._agree(0.0)
+        return self._stopping()
+
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def _output_lines(self, kind: str, names, values: dict, weights: dict) -> None:
         i = 0
@@ -581,6 +679,14 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             self._log(f"Iteration {self.iter}, lr = {_fmt(rate)}")
         grads = [pi.tensor.grad for pi in self.params]    # None: no gradient reached it (zero in Caffe)
+        if self.scaler is not None:
+            finite = self.scaler.unscale(grads)
+            self.scaler.update(finite)
+            if not finite:
+                self._log(f"Mixed precision: gradients overflowed at iteration {self.iter}, update skipped; "
+                          f"loss scale now {_fmt(self.scaler.scale)}")
+                self.iter += 1
+                return
         with torch.no_grad():
             if p.clip_gradients >= 0:
                 norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
@@ -617,15 +723,16 @@ class Solver:
                 if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                     before = self._capture()
                     self.test_all()
-                    if self._stop:
+                    if self._agree_stop():
                         self._stop_snapshot(before)
                         break
                 display = p.display and self.iter % p.display == 0
                 loss, outputs = self._train_iteration()
+                loss = self._agree(loss)
                 smoothed = self._smoothed(loss)
                 if display:
                     self._log(f"Iteration {self.iter}, loss = {_fmt(smoothed)}")
-                    values = {k: v.detach().flatten().tolist() for k, v in outputs.items()}
+                    values = self._mean_outputs(outputs)
                     self._output_lines("Train", self.train_net.outputs, values, self._loss_weights)
                 self._apply_update()
                 out.append(loss)
@@ -633,10 +740,19 @@ class Solver:
                     self._bar.update(1)
                 if p.snapshot and self.iter % p.snapshot == 0:
                     self.snapshot()
-                if self._stop:
+                if self._stopping():
                     self._stop_snapshot()
                     break
         return out
+
+    def _mean_outputs(self, outputs: dict) -> dict[str, list[float]]:
+        """Each output's values, averaged over the ranks."""
+        names = list(outputs)
+        flat = [outputs[k].detach().double().flatten() for k in names]
+        if self.world > 1 and flat:
+            joined = ddp.all_reduce_mean(torch.cat(flat).to(self._collective_device()))
+            flat = list(joined.split([len(f) for f in flat]))
+        return {k: f.tolist() for k, f in zip(names, flat)}
 
     def solve(self, resume: str | None = None) -> list[float]:
         """Train to max_iter (Caffe's Solver::Solve), optionally resuming from a solver state file. Returns the
@@ -662,13 +778,16 @@ class Solver:
             with torch.no_grad():
                 self._forward(self.train_net)
             loss = self.train_net.loss.item() if self.train_net.loss is not None else 0.0
-            self._log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed(loss))}")
+            self._log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed(self._agree(loss)))}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self._log("Optimization Done.")
         return losses
 
     def test_all(self) -> None:
+        """Run every test net (rank 0 only when training data-parallel, as Caffe's root solver)."""
+        if self.rank != 0:
+            return
         for i in range(len(self.test_nets)):
             if self._stop:
                 break
@@ -708,20 +827,31 @@ class Solver:
             yield
             return
         pid = os.getpid()
+        first = [0.0]
+        # torchrun passes the terminal's Ctrl-C on to its workers, which got it already: one press
+        echoes = "TORCHELASTIC_RUN_ID" in os.environ
 
         def handler(signum, frame):
             if os.getpid() != pid:
                 return
+            if echoes and self._sigints and time.monotonic() - first[0] < 1.0:
+                return
+            first[0] = first[0] or time.monotonic()
             self._sigints += 1
             if self._sigints > 1:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             self._stop = True
-            os.write(2, f"\nCtrl-C: stopping after iteration {self.iter}, then writing a snapshot "
-                        f"(Ctrl-C again aborts at once)\n".encode())
+            if self.world > 1:    # the ranks agree on the iteration at their next collective
+                if self.rank == 0:
+                    os.write(2, b"\nCtrl-C: all ranks stop after the next iteration they agree on, then rank 0 "
+                                b"writes a snapshot (Ctrl-C again aborts at once)\n")
+            else:
+                os.write(2, f"\nCtrl-C: stopping after iteration {self.iter}, then writing a snapshot "
+                            f"(Ctrl-C again aborts at once)\n".encode())
 
         previous = signal.signal(signal.SIGINT, handler)
-        self._guarded, self._stop = True, False
+        self._guarded, self._stop, self._stop_agreed = True, False, False
         try:
             yield
         finally:
@@ -771,18 +901,25 @@ class Solver:
             torch.cuda.set_rng_state(s["torch_cuda"], self.device)
         np.random.set_state(s["numpy"])
         random.setstate(s["python"])
+        if s.get("reseed") is not None:
+            _seed_all(s["reseed"])
+        if s.get("scaler") is not None and self.scaler is not None:
+            self.scaler.set_state(s["scaler"])
 
     def snapshot(self, states: dict | None = None) -> str:
         """Write <prefix>_iter_N.caffemodel.h5 and <prefix>_iter_N.solverstate.h5; returns the state path."""
         if self.prefix is None:
             raise NetError(f"{self.param.filename}: no snapshot_prefix, cannot snapshot")
-        states = states or self._capture()
+        states = dict(states or self._capture())
+        # data-parallel: every rank's Dropout RNG (rank 0 writes; a resume under the same N restores them all)
+        states["ranks"] = ddp.all_gather_object({k: states[k] for k in ("torch_cpu", "torch_cuda")})
         model = f"{self.prefix}_iter_{self.iter}.caffemodel.h5"
-        self._log(f"Snapshotting to HDF5 file {model}")
-        save_weights(self.train_net, model)
         path = f"{self.prefix}_iter_{self.iter}.solverstate.h5"
-        self._log(f"Snapshotting solver state to HDF5 file {path}")
-        atomic_h5(path, lambda f: self._write_state(f, os.path.basename(model), states), "solver state")
+        if self.rank == 0:
+            self._log(f"Snapshotting to HDF5 file {model}")
+            save_weights(self.train_net, model)
+            self._log(f"Snapshotting solver state to HDF5 file {path}")
+            atomic_h5(path, lambda f: self._write_state(f, os.path.basename(model), states), "solver state")
         self._snapshot_iter = self.iter
         self.last_snapshot = path
         return path
@@ -811,6 +948,16 @@ class Solver:
         ds.attrs["kind"], ds.attrs["pos"], ds.attrs["has_gauss"], ds.attrs["cached_gaussian"] = \
             kind, int(pos), int(has_gauss), float(cached)
         rng.create_dataset("python", data=json.dumps(s["python"]))
+        ranks = s.get("ranks") or [None]
+        rng.attrs["world_size"] = len(ranks)
+        for r, rs in enumerate(ranks[1:], start=1):
+            g = rng.create_group(f"rank_{r}")
+            g.create_dataset("torch_cpu", data=rs["torch_cpu"].numpy())
+            if rs["torch_cuda"] is not None:
+                g.create_dataset("torch_cuda", data=rs["torch_cuda"].cpu().numpy())
+        if self.scaler is not None:
+            f.attrs["amp_loss_scale"] = self.scaler.scale
+            f.attrs["amp_good_steps"] = self.scaler.good_steps
         f.create_dataset("source_state", data=s["sources"])
 
     def restore(self, path) -> None:
@@ -887,6 +1034,18 @@ class Solver:
             }
             version_, internal, gauss = json.loads(_read_str(rng["python"]))
             states["python"] = (version_, tuple(internal), gauss)
+            if self.rank > 0:
+                mine = rng.get(f"rank_{self.rank}")
+                if mine is not None and int(rng.attrs.get("world_size", 1)) == self.world:
+                    states["torch_cpu"] = torch.from_numpy(np.ascontiguousarray(mine["torch_cpu"][()], np.uint8))
+                    if "torch_cuda" in mine:
+                        states["torch_cuda"] = torch.from_numpy(np.ascontiguousarray(mine["torch_cuda"][()],
+                                                                                     np.uint8))
+                else:    # another rank count: this rank gets a fresh stream of its own
+                    states["reseed"] = _rank_seed(self._seed + it, self.rank)
+            if self.scaler is not None and "amp_loss_scale" in f.attrs:
+                states["scaler"] = {"scale": float(f.attrs["amp_loss_scale"]),
+                                    "good_steps": int(f.attrs["amp_good_steps"])}
             sources = json.loads(states["sources"])
             nets = self._nets()
             if len(sources) != len(nets):

@@ -80,3 +80,20 @@ def test_run_net_time_on_cuda(capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "conv1\tforward:" in out and "Average Forward-Backward:" in out
+
+
+def test_mixed_precision_and_channels_last_training_on_cuda():
+    from test_accel import solver_text
+    from nets.solver import Solver
+    ref = Solver(solver_text(), device="cuda", workers=0).step(5)
+    for amp in ("bfloat16", "float16"):
+        for layout in (False, True):
+            solver = Solver(solver_text(), device="cuda", workers=0, amp=amp, channels_last=layout)
+            assert (solver.scaler is not None) == (amp == "float16")
+            got = solver.step(5)
+            assert all(abs(a - b) <= 5e-2 * abs(b) + 1e-3 for a, b in zip(got, ref)), (amp, layout, got, ref)
+
+
+def test_run_net_amp_on_cuda(capsys):
+    assert main([os.path.join(ZOO, "lenet.prototxt"), "--iterations", "2", "--amp", "--channels-last"]) == 0
+    assert " = " in capsys.readouterr().out

@@ -128,13 +128,14 @@ class Pooling(Layer):
         if pool == "MAX":
             # Caffe keeps a value only if it beats -FLT_MAX: an empty window (or all -inf) gives -FLT_MAX, mask -1
             xp = F.pad(x, pads, value=-float("inf"))
+            floor = -min(FLT_MAX, torch.finfo(x.dtype).max)     # 16-bit types (mixed precision) stop lower
             if self.num_top_blobs == 1:
-                return F.max_pool2d(xp, kernel, self.stride).clamp_min(-FLT_MAX)
+                return F.max_pool2d(xp, kernel, self.stride).clamp_min(floor)
             y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
             wp = xp.shape[-1]
             mask = (idx // wp - self.pad[0]) * x.shape[-1] + idx % wp - self.pad[1]
             mask = torch.where(y == -float("inf"), -1, mask)
-            return y.clamp_min(-FLT_MAX), mask.to(x.dtype)
+            return y.clamp_min(floor), mask.to(x.dtype)
         xp = F.pad(x, pads)
         if pool == "AVE":
             sums = F.avg_pool2d(xp, kernel, self.stride, divisor_override=1)
