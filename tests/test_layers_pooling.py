@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from layers.build import make_layer
-from layers.caffe.pooling import FLT_MAX
+from layers.caffe.pooling import FLT_MAX, window_max
 from nets.errors import NetError
 from nets.net import Net
 
@@ -110,6 +110,9 @@ def test_max_and_ave_match_caffe_loops_on_many_geometries():
         assert y.shape == ref_max.shape, (h, kh, sh, ph, w, kw, sw, pw, mode)
         np.testing.assert_array_equal(y.numpy(), ref_max)
         np.testing.assert_array_equal(mask.numpy(), ref_mask)
+        single = pool_layer(_params("MAX", kh, kw, sh, sw, ph, pw, mode), x.shape).double()
+        np.testing.assert_array_equal(single(t).numpy(), ref_max)                     # window_max path
+        np.testing.assert_array_equal(single(t.clone().requires_grad_()).detach().numpy(), ref_max)
         ave = pool_layer(_params("AVE", kh, kw, sh, sw, ph, pw, mode), x.shape).double()(t)
         np.testing.assert_allclose(ave.numpy(), ref_ave, rtol=1e-12, atol=1e-14)
     assert checked > 300 and drop_rule > 20 and ceil_differs > 50  # the rules under test were exercised
@@ -124,6 +127,16 @@ def test_max_ties_pick_the_first_in_row_major_order_like_caffe():
         ref, ref_mask = caffe_pool(x.numpy(), "MAX", p.kernel_size, p.kernel_size, p.stride, p.stride, p.pad, p.pad)
         np.testing.assert_array_equal(y.numpy(), ref)
         np.testing.assert_array_equal(mask.numpy(), ref_mask)
+
+
+def test_window_max_equals_max_pool2d_with_ties_infinities_and_nan():
+    x = torch.randint(-2, 3, (2, 3, 11, 10)).float()
+    x[0, 0, 2, 3], x[1, 2, 5, 5], x[1, 1, 0, 0] = float("nan"), float("inf"), -float("inf")
+    for kernel, stride in (((3, 3), (1, 1)), ((3, 2), (2, 1)), ((1, 1), (2, 3)), ((4, 5), (3, 2)), ((11, 10), (1, 1))):
+        want = torch.nn.functional.max_pool2d(x, kernel, stride)
+        got = window_max(x, kernel, stride)
+        assert got.shape == want.shape
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
 
 
 def test_window_outside_the_image_gives_caffes_values():

@@ -22,6 +22,22 @@ def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool, padde
     return out
 
 
+def window_max(xp: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """max_pool2d(xp, kernel, stride) (no padding, floor mode) as running maxima of strided slices, rows then
+    columns: the same values (NaN wins as there), ~15x faster than PyTorch's CPU kernel for the 3x3 stride-1
+    windows of the RHD nets. Ties would share the gradient (torch.maximum), not give it to the first maximum
+    as Caffe does, so the Pooling layer uses it only where no gradient is taken."""
+    (kh, kw), (sh, sw) = kernel, stride
+    out_h, out_w = (xp.shape[-2] - kh) // sh + 1, (xp.shape[-1] - kw) // sw + 1
+    rows = xp[..., 0:(out_h - 1) * sh + 1:sh, :]
+    for i in range(1, kh):
+        rows = torch.maximum(rows, xp[..., i:i + (out_h - 1) * sh + 1:sh, :])
+    y = rows[..., 0:(out_w - 1) * sw + 1:sw]
+    for j in range(1, kw):
+        y = torch.maximum(y, rows[..., j:j + (out_w - 1) * sw + 1:sw])
+    return y
+
+
 @register_layer("Pooling")
 class Pooling(Layer):
     """2-D pooling over windows of kernel_h x kernel_w placed every stride, starting at -pad.
@@ -130,6 +146,8 @@ class Pooling(Layer):
             xp = F.pad(x, pads, value=-float("inf"))
             floor = -min(FLT_MAX, torch.finfo(x.dtype).max)     # 16-bit types (mixed precision) stop lower
             if self.num_top_blobs == 1:
+                if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+                    return window_max(xp, kernel, self.stride).clamp_min(floor)
                 return F.max_pool2d(xp, kernel, self.stride).clamp_min(floor)
             y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
             wp = xp.shape[-1]
