@@ -124,3 +124,14 @@ def test_autocast_off_is_a_no_op():
     x = torch.randn(2, 3)
     with autocast(torch.device("cpu"), None):
         assert (x @ x.T).dtype == torch.float32
+
+
+def test_compile_option_compiles_every_net_of_the_solver_and_run_net(monkeypatch, capsys):
+    from nets.net import Net
+    compiled = []
+    monkeypatch.setattr(Net, "compile", lambda self, **kw: compiled.append(self.phase))
+    text = solver_text(test_iter=1, test_interval=100) + "\ntest_net_param {" + NET + "}"
+    Solver(text, device="cpu", workers=0, compile=True)
+    assert compiled == ["TRAIN", "TEST"]
+    assert main([f"{ROOT}/prototxt/example_lenet.prototxt", "--iterations", "1", "--device", "cpu", "--compile"]) == 0
+    assert compiled == ["TRAIN", "TEST", "TEST"]
