@@ -643,7 +643,7 @@ class Solver:
         if self.world <= 1:
             return loss
         both = ddp.all_reduce_mean(torch.tensor([loss, float(self._stop)], dtype=torch.float64,
-                                                device=self._collective_device()))
+                                                device=self.device))
         self._stop_agreed = bool(both[1].item() > 0)
         return float(both[0].item())
 
@@ -654,9 +654,6 @@ class Solver:
     def _agree_stop(self) -> bool:
         self._agree(0.0)
         return self._stopping()
-
-    def _collective_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def _output_lines(self, kind: str, names, values: dict, weights: dict) -> None:
         i = 0
@@ -750,7 +747,7 @@ class Solver:
         names = list(outputs)
         flat = [outputs[k].detach().double().flatten() for k in names]
         if self.world > 1 and flat:
-            joined = ddp.all_reduce_mean(torch.cat(flat).to(self._collective_device()))
+            joined = ddp.all_reduce_mean(torch.cat(flat).to(self.device))
             flat = list(joined.split([len(f) for f in flat]))
         return {k: f.tolist() for k, f in zip(names, flat)}
 
