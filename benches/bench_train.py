@@ -55,6 +55,9 @@ class _SolverStep:
 
     def __call__(self, n: int) -> None:
         self.solver.step(n)
+        # net.blobs keeps the last pass for inspection (GBs at batch 32); with several solvers alive at once
+        # that adds up, and the plain loop keeps nothing either
+        self.solver.train_net.blobs = {}
 
     def close(self) -> None:
         self.solver.close()
