@@ -1,12 +1,13 @@
-"""The Layer base class and its param declarations.
+"""The Layer base class (param declarations: netdef.params, re-exported here for layer files).
 
-A layer is an nn.Module built from a LayerSpec and the shapes of its bottoms (Caffe's LayerSetUp):
+A layer is an nn.Module built from a LayerDef and the shapes of its bottoms (Caffe's LayerSetUp):
 
     @register_layer("Power")
     class Power(Layer):
         '''y = (shift + scale * x) ** power.  Bottoms: x (any).  Tops: y (same shape).
         Params (power_param): power = 1, scale = 1, shift = 0.'''
-        params = Params("power_param", power=P(float, 1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+        params = Params("power_param", power=Param(float, 1.0), scale=Param(float, 1.0),
+                        shift=Param(float, 0.0))
 
         def forward(self, x):
             return (self.p.shift + self.p.scale * x) ** self.p.power
@@ -18,144 +19,19 @@ required value), with the layer's name and file:line:col in the message. Learnab
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from nets.errors import NetError
-from nets.spec import LayerSpec, show, _as_bool, _as_enum, _as_float, _as_int, _as_str, did_you_mean
-from nets.text_format import Field, Message
+from netdef.errors import NetError
+from netdef.params import BLOB_SHAPE, FILLER, REQUIRED, Param, Params, Values
+from netdef.spec import LayerDef
 
-__all__ = ["Layer", "Params", "P", "Values", "FILLER", "BLOB_SHAPE", "REQUIRED", "Shape"]
+__all__ = ["Layer", "SourceLayer", "Params", "Param", "Values", "FILLER", "BLOB_SHAPE", "REQUIRED", "Shape", "as_tuple",
+           "channel_axis", "all_shapes_equal"]
 
 Shape = tuple[int, ...]
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED = _Required()
-
-
-class P:
-    """One declared param: its kind, default and whether it repeats.
-
-    kind: int, float, bool, str, a tuple of enum names (in protobuf number order), or a Params schema for a
-    nested message (e.g. FILLER). A repeated param's value is a list (default: empty list).
-    """
-
-    def __init__(self, kind, default: Any = None, *, repeated: bool = False):
-        self.kind, self.default, self.repeated = kind, default, repeated
-
-    def convert(self, f: Field, label: str):
-        """The field's value as this kind; errors read 'FILE:LINE:COL: <label>: ...'."""
-        k = self.kind
-        if isinstance(k, Params):
-            if not isinstance(f.value, Message):
-                raise NetError(f"{f.loc}: {label}: '{f.name}' expects a {{ }} block, found {show(f.value)}")
-            return k.parse(f.value, label)
-        conv = {int: _as_int, float: _as_float, bool: _as_bool, str: _as_str}.get(k)
-        try:
-            return conv(f) if conv else _as_enum(f, k)
-        except NetError as e:
-            # the helpers say 'LOC: msg'; put the layer's label between the two
-            raise NetError(f"{f.loc}: {label}: {str(e)[len(str(f.loc)) + 2:]}") from None
-
-
-class Values:
-    """Parsed param values: attribute access, plus `given` (names set explicitly, Caffe's has_xxx())."""
-
-    def __init__(self, values: dict[str, Any], given: set[str]):
-        self.__dict__.update(values)
-        self.given = given
-
-    def has(self, name: str) -> bool:
-        return name in self.given
-
-    def __repr__(self) -> str:
-        return "Values(" + ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "given") + ")"
-
-
-class Params:
-    """A param block declaration: Params("convolution_param", num_output=P(int, REQUIRED), ...).
-
-    Combine blocks with `+` for layers that read several (e.g. loss_param + softmax_param).
-    """
-
-    def __init__(self, block: str | None = None, **fields: P):
-        self.blocks: dict[str, dict[str, P]] = {block: dict(fields)} if block else {}
-
-    def __add__(self, other: "Params") -> "Params":
-        out = Params()
-        out.blocks = {**self.blocks, **other.blocks}
-        return out
-
-    def fields(self) -> dict[str, P]:
-        """Nested use (a message-typed param): the single block's fields."""
-        return next(iter(self.blocks.values())) if self.blocks else {}
-
-    def parse(self, msg: Message | None, label: str = "") -> Values:
-        """Parse one nested message against this (single-block) schema."""
-        return _parse_fields(self.fields(), msg, label, next(iter(self.blocks), "block"))
-
-    def parse_blocks(self, blocks: dict[str, Message], label: str, where: str = "") -> tuple[Values, dict[str, Values]]:
-        for name, msg in blocks.items():
-            if name not in self.blocks:
-                takes = ", ".join(self.blocks) or "no param block"
-                raise NetError(f"{msg.loc}: {label}: unknown param block '{name}' (this layer takes "
-                               f"{takes}){did_you_mean(name, self.blocks)}")
-        merged: dict[str, Any] = {}
-        given: set[str] = set()
-        per_block = {}
-        for name, fields in self.blocks.items():
-            required = [k for k, d in fields.items() if d.default is REQUIRED]
-            if name not in blocks and required:
-                raise NetError(f"{where or label}: missing {name} {{ {required[0]}: ... }}")
-            vals = _parse_fields(fields, blocks.get(name), label, name)
-            per_block[name] = vals
-            merged.update({k: getattr(vals, k) for k in fields})
-            given |= vals.given
-        return Values(merged, given), per_block
-
-
-def _parse_fields(fields: dict[str, P], msg: Message | None, label: str, block: str) -> Values:
-    values: dict[str, Any] = {}
-    given: set[str] = set()
-    if msg is not None:
-        for f in msg:
-            decl = fields.get(f.name)
-            if decl is None:
-                raise NetError(f"{f.loc}: {label}: unknown param '{f.name}' in {block}"
-                               f"{did_you_mean(f.name, fields)}")
-            v = decl.convert(f, label)
-            if decl.repeated:
-                values.setdefault(f.name, []).append(v)
-            else:
-                values[f.name] = v  # protobuf: the last one wins
-            given.add(f.name)
-    for name, decl in fields.items():
-        if name in values:
-            continue
-        if decl.default is REQUIRED:
-            where = f"{msg.loc}: " if msg is not None else ""
-            raise NetError(f"{where}{label}: missing required param '{name}' in {block}")
-        if decl.repeated:
-            values[name] = list(decl.default or [])
-        elif isinstance(decl.kind, Params):
-            values[name] = decl.kind.parse(None, label) if decl.default is None else decl.default
-        else:
-            values[name] = decl.default
-    return Values(values, given)
-
-
-# Caffe's FillerParameter and BlobShape, shared by many layers.
-FILLER = Params("filler", type=P(str, "constant"), value=P(float, 0.0), min=P(float, 0.0), max=P(float, 1.0),
-                mean=P(float, 0.0), std=P(float, 1.0), sparse=P(int, -1),
-                variance_norm=P(("FAN_IN", "FAN_OUT", "AVERAGE"), "FAN_IN"))
-BLOB_SHAPE = Params("shape", dim=P(int, repeated=True))
 
 
 class Layer(nn.Module):
@@ -167,8 +43,7 @@ class Layer(nn.Module):
       num_tops    likewise.
       is_loss     top 0 gets loss_weight 1 unless the prototxt says otherwise.
       is_input    the Net feeds this layer's tops from forward(**inputs) instead of calling it.
-      is_source   reads data on the CPU ahead of the network (nets/source.py): index layers (no bottoms,
-                  stateful: get_state()/set_state()) in the main process, readers in worker processes.
+    Layers that read data ahead of the network derive from SourceLayer (below).
     Instance attributes after construction: name, type, phase ("TRAIN"/"TEST"), where (for messages),
     p (parsed params), param_str (python_param's string, for Python layers), blob_names (Caffe order).
     """
@@ -178,9 +53,8 @@ class Layer(nn.Module):
     num_tops: int | tuple[int, int | None] = 1
     is_loss: bool = False
     is_input: bool = False
-    is_source: bool = False
 
-    def __init__(self, spec: LayerSpec, bottom_shapes: Sequence[Shape] = (), phase: str = "TRAIN",
+    def __init__(self, spec: LayerDef, bottom_shapes: Sequence[Shape] = (), phase: str = "TRAIN",
                  param_str: str = ""):
         super().__init__()
         self.name, self.type, self.phase, self.where = spec.name, spec.type, phase, spec.where
@@ -220,6 +94,15 @@ class Layer(nn.Module):
         self.blob_names.append(name)
         return getattr(self, name)
 
+    def share_blob(self, name: str, tensor: torch.Tensor) -> None:
+        """Make blob `name` the very tensor `tensor` of another layer (Caffe's ShareData): a parameter when
+        `tensor` is one, else a buffer."""
+        if isinstance(tensor, nn.Parameter):
+            setattr(self, name, tensor)
+        else:
+            self._parameters.pop(name, None)
+            self._buffers[name] = tensor
+
     @property
     def device(self) -> torch.device:
         return self._anchor.device
@@ -242,6 +125,44 @@ class Layer(nn.Module):
         if n < lo or (hi is not None and n > hi):
             want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
             raise self.error(f"takes {want} {what}(s), got {n}")
+
+
+class SourceLayer(Layer):
+    """Base of the layers that read data on the CPU ahead of the network (Caffe's BaseDataLayer); the source
+    stage (nets/source.py) runs them, a Net never calls them in its layer loop.
+
+    Where a source layer runs:
+      stateful = True   it keeps state across batches (an index cursor, a random generator): it runs in the
+                        main process, one batch at a time, in order, fed by no layer or by stateful source
+                        layers only; get_state() -> a JSON-able value and set_state(value) are its contract, and
+                        snapshots save the state after the last batch the network consumed.
+      stateful = False  a reader, a pure function of its bottoms (index blobs): it runs in the data worker
+                        processes (in the main process when it has no bottoms).
+    forward_compact(*bottoms): the tops in their stored type on the CPU (uint8 pixels), shipped from the workers
+    and cast by the Net to its dtype; it must equal forward() up to that cast. Default: forward().
+    """
+
+    stateful: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.stateful and (cls.get_state is SourceLayer.get_state or cls.set_state is SourceLayer.set_state):
+            raise TypeError(f"{cls.__qualname__}: a stateful source layer must define get_state and set_state")
+
+    def get_state(self):
+        """The state to snapshot (None: nothing to restore)."""
+        return None
+
+    def set_state(self, state) -> None:
+        """Restore what get_state() gave."""
+
+    def forward_compact(self, *bottoms):
+        return self.forward(*bottoms)
+
+    @classmethod
+    def has_compact_form(cls) -> bool:
+        """Whether forward_compact differs from forward (the stage ships compact tops from its workers)."""
+        return cls.forward_compact is not SourceLayer.forward_compact
 
 
 def as_tuple(x) -> tuple:

@@ -11,8 +11,8 @@ from typing import Sequence
 
 from layers.base import Layer, Shape
 from layers.registry import get_layer_class
-from nets.spec import _layer_spec
-from nets.text_format import Message, parse
+from netdef.spec import layer_def
+from netdef.text_format import Message, parse
 
 __all__ = ["make_layer"]
 
@@ -22,6 +22,6 @@ def make_layer(definition: str | Message, bottom_shapes: Sequence[Shape] = (), p
     msg = parse(definition, "<layer>") if isinstance(definition, str) else definition
     if list(msg.names()) == ["layer"]:
         msg = msg.get("layer")
-    spec = _layer_spec(msg, v1=False)
+    spec = layer_def(msg, v1=False)
     cls = get_layer_class(spec.type, spec.where)
     return cls(spec, bottom_shapes, phase)

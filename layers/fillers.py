@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 __all__ = ["fill", "FILLER_TYPES"]
 
@@ -29,7 +29,7 @@ def fill(t: torch.Tensor, filler, where: str) -> torch.Tensor:
     """Fill `t` in place as Caffe's filler of `filler.type` would (distribution, not bit-identical RNG)."""
     kind = filler.type
     if kind not in FILLER_TYPES:
-        from nets.spec import did_you_mean
+        from netdef.params import did_you_mean
         raise NetError(f"{where}: unknown filler type '{kind}'{did_you_mean(kind, FILLER_TYPES)}")
     if t.numel() == 0:
         return t    # nothing to fill (and fan-based rules would divide by zero)

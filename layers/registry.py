@@ -8,8 +8,8 @@ import importlib.util
 import os
 import sys
 
-from nets.errors import NetError
-from nets.spec import did_you_mean
+from netdef.errors import NetError
+from netdef.params import did_you_mean
 
 __all__ = ["register_layer", "get_layer_class", "registered_types", "import_user_module", "load_python_layer"]
 

@@ -1,16 +1,16 @@
-"""Text -> spec -> Net. Submodules are imported on demand so that the parser never pulls in torch."""
+"""Nets: Net (build, run), the source stage, the solver, weights, the CLI, the Python NetSpec, drawing.
 
-from nets.errors import NetError, ParseError
+The net definition (parser, spec, params schema, NetError) lives below, in `netdef`.
+"""
 
-__all__ = ["NetError", "ParseError", "Net", "parse", "parse_file"]
+from netdef.errors import NetError, ParseError
+
+__all__ = ["NetError", "ParseError", "Net"]
 
 
 def __getattr__(name):
-    # Lazy: `import nets.text_format` must not import torch through this package.
+    # Lazy, so that `import nets.draw` (no torch needed) does not pull in torch.
     if name == "Net":
         from nets.net import Net
         return Net
-    if name in ("parse", "parse_file"):
-        from nets import text_format
-        return getattr(text_format, name)
     raise AttributeError(name)

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 __all__ = ["AMP_DTYPES", "amp_dtype", "autocast", "LossScaler", "to_channels_last"]
 

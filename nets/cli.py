@@ -13,7 +13,7 @@ Test mode runs N forward passes and prints each output blob's mean over them (`n
 output is averaged over its elements), then the weighted loss (`Loss: value`, as caffe test prints it) when the net has one.
 Time mode runs one warm-up then N forward+backward passes and prints per-layer and total times.
 Input blobs are filled with seeded random normal data of their declared shapes.
-Solver mode trains (nets/solver.py): Caffe's log lines on stdout, snapshots every `snapshot` iterations and at
+Solver mode trains (nets/solver/): Caffe's log lines on stdout, snapshots every `snapshot` iterations and at
 the end; --snapshot resumes from a solver state, --weights fine-tunes (comma-separated files allowed),
 --stage/--level go to the train net's state, --seed replaces random_seed. Ctrl-C finishes the iteration,
 writes a snapshot and exits with status 130; a second Ctrl-C aborts at once.
@@ -37,8 +37,8 @@ import torch
 
 from layers.base import as_tuple
 from layers.registry import import_user_module
-from nets.accel import amp_dtype, autocast, to_channels_last
-from nets.errors import NetError, report
+from nets.accel import amp_dtype, autocast
+from netdef.errors import NetError, report
 from nets.net import Net
 from nets.weights import load_weights
 
@@ -175,8 +175,7 @@ def _run(args) -> int:
         inputs[name] = torch.randn(shape, device=net.device)
         _note(f"input '{name}' {shape} filled with random normal data")
     if args.channels_last:
-        net.to(memory_format=torch.channels_last)
-        inputs = {k: to_channels_last(v) for k, v in inputs.items()}
+        net.use_channels_last()
     if args.compile:
         net.compile()
     try:

@@ -22,7 +22,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 __all__ = ["launched_world_size", "init_from_env", "active", "rank", "world_size", "all_reduce_mean",
            "all_gather_object", "broadcast_object", "shutdown"]

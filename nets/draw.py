@@ -24,9 +24,9 @@ import os
 import shutil
 import subprocess
 
-from nets.errors import NetError, report
-from nets.spec import LayerSpec, net_spec
-from nets.text_format import Message, parse, parse_file
+from netdef.errors import NetError, report
+from netdef.spec import LayerDef, net_def
+from netdef.text_format import Message, parse, parse_file
 
 __all__ = ["net_to_dot", "draw_net_to_file", "main", "RANKDIRS", "FORMATS"]
 
@@ -41,15 +41,15 @@ IN_PLACE_COLOUR = "#90EE90"
 BLOB_COLOUR = "#E0E0E0"
 
 
-def _load(source) -> Message:
+def _load(definition) -> Message:
     """A NetSpec (anything with to_proto()), a parsed Message, prototxt text, or a path."""
-    if hasattr(source, "to_proto"):
-        return source.to_proto()
-    if isinstance(source, Message):
-        return source
-    if isinstance(source, str) and ("{" in source or "\n" in source):
-        return parse(source, "<string>")
-    return parse_file(source)
+    if hasattr(definition, "to_proto"):
+        return definition.to_proto()
+    if isinstance(definition, Message):
+        return definition
+    if isinstance(definition, str) and ("{" in definition or "\n" in definition):
+        return parse(definition, "<string>")
+    return parse_file(definition)
 
 
 def _without_rules(msg: Message) -> Message:
@@ -102,7 +102,7 @@ def _spatial(block: Message | None, field: str, h: str, w: str, default, repeate
     return str(dims[0]) if len(set(map(str, dims))) == 1 else "x".join(map(str, dims))
 
 
-def _layer_label(ls: LayerSpec, sep: str) -> str:
+def _layer_label(ls: LayerDef, sep: str) -> str:
     """name, (type), and for Convolution / Deconvolution / Pooling the kernel size, stride and pad."""
     parts = [ls.name]
     conv = ls.type in ("Convolution", "Deconvolution")
@@ -119,7 +119,7 @@ def _layer_label(ls: LayerSpec, sep: str) -> str:
     return sep.join(_esc_record(p) for p in parts)
 
 
-def _edge_label(ls: LayerSpec) -> str | None:
+def _edge_label(ls: LayerDef) -> str | None:
     if ls.type in ("Convolution", "Deconvolution"):
         n = _last(ls.blocks.get("convolution_param"), "num_output", None)
     elif ls.type == "InnerProduct":
@@ -136,18 +136,18 @@ def _attrs(**kv) -> str:
     return ", ".join(f'{k}="{v}"' for k, v in kv.items())
 
 
-def net_to_dot(source, rankdir: str = "LR", phase: str = "ALL", stages=()) -> str:
-    """DOT text of the net. `source`: a nets.netspec.NetSpec, a parsed Message, prototxt text or a path.
+def net_to_dot(definition, rankdir: str = "LR", phase: str = "ALL", stages=()) -> str:
+    """DOT text of the net. `definition`: a nets.netspec.NetSpec, a parsed Message, prototxt text or a path.
     `phase`: TRAIN or TEST (the layers a Net of that phase builds, with `stages`), or ALL (every layer)."""
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-    msg = _load(source)
+    msg = _load(definition)
     if phase == "ALL":
-        spec = net_spec(_without_rules(msg), "TRAIN", stages)
+        spec = net_def(_without_rules(msg), "TRAIN", stages)
     else:
-        spec = net_spec(msg, phase, stages)
+        spec = net_def(msg, phase, stages)
     sep = " " if rankdir in ("TB", "BT") else "\\n"
     nodes: list[str] = []
     edges: list[str] = []
@@ -198,12 +198,12 @@ def _write_text(path: str, text: str) -> None:
         raise NetError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
-def draw_net_to_file(source, path: str, rankdir: str = "LR", phase: str = "ALL", stages=()) -> None:
+def draw_net_to_file(definition, path: str, rankdir: str = "LR", phase: str = "ALL", stages=()) -> None:
     """Write the net's drawing to `path` in the format its extension names (png, svg, pdf; dot = DOT text).
     NetError if the net cannot be read, `dot` fails, or `dot` is missing (then the DOT text is written to
     the path with a .dot extension and the message says so)."""
     fmt = _format(path)
-    text = net_to_dot(source, rankdir, phase, stages)
+    text = net_to_dot(definition, rankdir, phase, stages)
     if fmt == "dot":
         _write_text(path, text)
         return

@@ -6,6 +6,8 @@
 
 Build checks, each a NetError naming the layer and its file:line:col: unknown layer type or param, unknown
 bottom, a blob with two producers, a bottom produced only later (a cycle), a shape the layer cannot take.
+
+Over 400 lines as one cohesive thing: building the run plan and running it share the Step records.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from layers.base import Layer, Shape, as_tuple
+from layers.base import Layer, Shape, SourceLayer, as_tuple
 from layers.registry import get_layer_class, load_python_layer
-from nets.errors import NetError
+from netdef.errors import NetError
+from netdef.params import as_str, did_you_mean
+from netdef.spec import LayerDef, NetDef, load_net_def
+from nets.accel import to_channels_last
 from nets.source import SourceStage
-from nets.spec import LayerSpec, NetSpec, _as_str, did_you_mean, load_net_spec
 
 __all__ = ["Net", "default_device"]
 
@@ -49,7 +53,7 @@ class Step:
     """One layer in the run plan."""
     name: str
     key: str                      # key in Net.layers (module names cannot contain '.')
-    spec: LayerSpec
+    definition: LayerDef
     bottoms: list[str]
     tops: list[str]
     loss_weights: list[float]
@@ -76,9 +80,9 @@ class Net(nn.Module):
         """`workers`: processes that read data ahead of the network (default nets.source.default_workers();
         0 reads inline)."""
         super().__init__()
-        self.spec: NetSpec = load_net_spec(net, phase, stages, level)
+        self.definition: NetDef = load_net_def(net, phase, stages, level)
         self.phase = phase
-        self.name = self.spec.name
+        self.name = self.definition.name
         self.layers = nn.ModuleDict()
         self.plan: list[Step] = []
         self.blob_shapes: dict[str, Shape] = {}
@@ -89,21 +93,29 @@ class Net(nn.Module):
         # follows .double()/.float()/.to(dtype) like a parameter would, also in nets without parameters:
         # source blobs and inputs are cast to it
         self.register_buffer("_dtype_anchor", torch.empty(0), persistent=False)
+        self.channels_last = False      # see use_channels_last()
         self._build()
         self.outputs: list[str] = self._find_outputs()
-        source_steps = [st for st in self.plan if st.is_source]
-        self.source = SourceStage(self, source_steps, workers) if source_steps else None
+        # the plans the layer loop runs: (step, [(top index, loss weight) of nonzero weight])
+        self._network_steps = [(st, [(i, w) for i, w in enumerate(st.loss_weights) if w]) for st in self.plan
+                               if not st.is_source and not self.layers[st.key].is_input]
+        self._source_steps = [(st, []) for st in self.plan if st.is_source]
         self.device = default_device(device)
+        self.source = None
+        if self._source_steps:
+            steps = [st for st, _ in self._source_steps]
+            self.source = SourceStage(steps, {st.key: self.layers[st.key] for st in steps}, workers,
+                                      pin_memory=self.device.type == "cuda")
         self.to(self.device)
 
     # -- build ---------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        producer: dict[str, LayerSpec] = {}
-        later_producers = {t: ls for ls in reversed(self.spec.layers) for t in ls.tops}
+        producer: dict[str, LayerDef] = {}
+        later_producers = {t: ls for ls in reversed(self.definition.layers) for t in ls.tops}
         shared: dict[str, tuple[Step, int, nn.Parameter]] = {}
         named: dict[str, Step] = {}
         source_blobs: set[str] = set()
-        for ls in self.spec.layers:
+        for ls in self.definition.layers:
             for b in ls.bottoms:
                 if b not in self.blob_shapes:
                     later = later_producers.get(b)
@@ -120,7 +132,7 @@ class Net(nn.Module):
             bottom_shapes = [self.blob_shapes[b] for b in ls.bottoms]
             top_shapes = self._infer(layer, ls, bottom_shapes)
             step = self._make_step(ls, layer)
-            step.is_source = layer.is_source and all(b in source_blobs for b in ls.bottoms)
+            step.is_source = isinstance(layer, SourceLayer) and all(b in source_blobs for b in ls.bottoms)
             if step.is_source:
                 source_blobs.update(ls.tops)
             else:
@@ -147,12 +159,12 @@ class Net(nn.Module):
         weights are stored by layer name, so only layers without blobs may share one."""
         other = named.get(step.name)
         if other is not None and (layer.blob_names or other.has_blobs):
-            raise NetError(f"{step.spec.where}: duplicate layer name '{step.name}' (also at {other.spec.loc}); "
-                           f"layers with weights need unique names")
+            raise NetError(f"{step.definition.where}: duplicate layer name '{step.name}' (also at "
+                           f"{other.definition.loc}); layers with weights need unique names")
         step.has_blobs = bool(layer.blob_names) or (other is not None and other.has_blobs)
         named[step.name] = step
 
-    def _make_layer(self, ls: LayerSpec) -> Layer:
+    def _make_layer(self, ls: LayerDef) -> Layer:
         param_str = ""
         if ls.type == "Python":
             pp = ls.blocks.get("python_param")
@@ -165,17 +177,17 @@ class Net(nn.Module):
             module, layer_name = pp.first("module"), pp.first("layer")
             if module is None or layer_name is None:
                 raise NetError(f"{ls.where}: python_param needs both 'module' and 'layer'")
-            cls = load_python_layer(_as_str(module), _as_str(layer_name), ls.where)
+            cls = load_python_layer(as_str(module), as_str(layer_name), ls.where)
             ps = pp.first("param_str")
-            param_str = _as_str(ps) if ps is not None else ""
-            ls = LayerSpec(**{**ls.__dict__, "blocks": {k: v for k, v in ls.blocks.items() if k != "python_param"}})
+            param_str = as_str(ps) if ps is not None else ""
+            ls = LayerDef(**{**ls.__dict__, "blocks": {k: v for k, v in ls.blocks.items() if k != "python_param"}})
         else:
             cls = get_layer_class(ls.type, ls.where)
         bottom_shapes = [self.blob_shapes[b] for b in ls.bottoms]
         return cls(ls, bottom_shapes, self.phase, param_str)
 
     @staticmethod
-    def _infer(layer: Layer, ls: LayerSpec, bottom_shapes: list[Shape]) -> list[Shape]:
+    def _infer(layer: Layer, ls: LayerDef, bottom_shapes: list[Shape]) -> list[Shape]:
         try:
             shapes = layer.infer_top_shapes(bottom_shapes)
         except NetError:
@@ -189,7 +201,7 @@ class Net(nn.Module):
         return [tuple(int(d) for d in s) for s in shapes]
 
     @staticmethod
-    def _make_step(ls: LayerSpec, layer: Layer) -> Step:
+    def _make_step(ls: LayerDef, layer: Layer) -> Step:
         n_top = len(ls.tops)
         if ls.loss_weights:
             if len(ls.loss_weights) != n_top:
@@ -215,17 +227,14 @@ class Net(nn.Module):
     def _share_params(self, step: Step, layer: Layer, shared: dict) -> None:
         for i, blob_name in enumerate(layer.blob_names):
             tensor = getattr(layer, blob_name)
-            ps = step.spec.param_specs[i] if i < len(step.spec.param_specs) else None
+            ps = step.definition.param_specs[i] if i < len(step.definition.param_specs) else None
             if ps is not None and ps.name and ps.name in shared:
                 owner_step, owner_i, owner_tensor = shared[ps.name]
                 if tuple(owner_tensor.shape) != tuple(tensor.shape):
-                    raise NetError(f"{step.spec.where}: shared param '{ps.name}' has shape "
+                    raise NetError(f"{step.definition.where}: shared param '{ps.name}' has shape "
                                    f"{tuple(tensor.shape)} here but {tuple(owner_tensor.shape)} in layer "
                                    f"'{owner_step.name}'")
-                if isinstance(owner_tensor, nn.Parameter):
-                    setattr(layer, blob_name, owner_tensor)
-                else:
-                    layer._buffers[blob_name] = owner_tensor
+                layer.share_blob(blob_name, owner_tensor)
                 continue
             if ps is not None and ps.name:
                 shared[ps.name] = (step, i, tensor)
@@ -251,6 +260,8 @@ class Net(nn.Module):
     def forward(self, _timings: dict[str, float] | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run every layer in order; inputs are tensors for the Input blobs. Returns the output blobs.
 
+        The net draws its data from its source stage itself. A caller may instead give source blobs (e.g.
+        chosen sample indices): the source layers then run inline from them.
         `_timings`, when given, accumulates each layer's forward seconds under its key in `self.layers` (the
         layers then run eagerly, also after compile())."""
         source_tops = self.source.tops if self.source else []
@@ -260,114 +271,106 @@ class Net(nn.Module):
             known = list(self.inputs) + source_tops
             raise NetError(f"net '{self.name}' has no input blob '{name}'{did_you_mean(name, known)}"
                            f" (inputs: {', '.join(known) or 'none'})")
-        blobs: dict[str, torch.Tensor] = {}
-        cuda = self.device.type == "cuda"
-        if _timings is not None and cuda:
+        if _timings is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)   # don't bill queued work to the first layer
-        # Source blobs given by the caller (e.g. chosen sample indices) are read inline from them.
-        inline_source = any(t in inputs for t in source_tops)
-        if self.source is not None and not inline_source:
-            t0 = time.perf_counter()
-            batch = self.source.next_batch()
-            blobs.update({k: self._to_net(v) for k, v in batch.items()})
-            if _timings is not None:   # the source stage runs ahead: its cost is the time the net waited
-                last = [st for st in self.plan if st.is_source][-1].key
-                _timings[last] = _timings.get(last, 0.0) + time.perf_counter() - t0
-        # Input and source steps first: they depend on no network step (a source step's bottoms are all
-        # source blobs), so this is the plan's order as far as any blob can tell.
-        for step in self.plan:
-            if step.is_source:
-                if not inline_source:
-                    continue
-                if all(t in inputs for t in step.tops):
-                    for t in step.tops:
-                        blobs[t] = self._to_net(torch.as_tensor(inputs[t]))
-                    continue
-            elif not self.layers[step.key].is_input:
-                continue
-            t0 = time.perf_counter() if _timings is not None else 0.0
-            tops = self._input_tops(step, inputs) if not step.is_source else self._call(step, blobs)
-            blobs.update(zip(step.tops, tops))
-            if _timings is not None:
-                if cuda:
-                    torch.cuda.synchronize(self.device)
-                _timings[step.key] = _timings.get(step.key, 0.0) + time.perf_counter() - t0
+        blobs = self._feed(inputs, _timings)
         if self._compiled is not None and _timings is None:
             blobs, loss = self._run_compiled(blobs)
         else:
-            loss = self._run_network(blobs, _timings, cuda)
+            loss = self._run_steps(self._network_steps, blobs, _timings)
         self.blobs = blobs
         self.loss = loss
         return {name: blobs[name] for name in self.outputs}
+
+    def _feed(self, inputs: dict, timings: dict | None) -> dict[str, torch.Tensor]:
+        """The blobs entering the network: Input blobs from `inputs`, and the source blobs, drawn from the
+        source stage or, when the caller gave source blobs, read inline from them."""
+        blobs: dict[str, torch.Tensor] = {}
+        inline = self.source is not None and any(t in inputs for t in self.source.tops)
+        if self.source is not None and not inline:
+            t0 = time.perf_counter()
+            # torch's RNG set aside: starting the data workers must not move it (Dropout masks, exact resume);
+            # data is read at full precision, also inside an autocast region (forked workers inherit it)
+            with torch.random.fork_rng(devices=[]), torch.autocast(self.device.type, enabled=False):
+                batch = self.source.next_batch()
+            blobs.update({k: self._to_net(v) for k, v in batch.items()})
+            if timings is not None:   # the source stage runs ahead: its cost is the time the net waited
+                last = self._source_steps[-1][0].key
+                timings[last] = timings.get(last, 0.0) + time.perf_counter() - t0
+        for step in self.plan:
+            if self.layers[step.key].is_input:
+                t0 = time.perf_counter()
+                blobs.update(zip(step.tops, self._input_tops(step, inputs)))
+                if timings is not None:
+                    self._bill(timings, step, t0)
+        if inline:
+            to_run = []
+            for step, weighted in self._source_steps:
+                if all(t in inputs for t in step.tops):
+                    blobs.update({t: self._to_net(torch.as_tensor(inputs[t])) for t in step.tops})
+                else:
+                    to_run.append((step, weighted))
+            self._run_steps(to_run, blobs, timings)
+        return blobs
 
     def _input_tops(self, step: Step, inputs: dict) -> list[torch.Tensor]:
         layer = self.layers[step.key]
         tops = []
         for t in step.tops:
             if t not in inputs:
-                raise NetError(f"{step.spec.where}: input blob '{t}' was not given "
+                raise NetError(f"{step.definition.where}: input blob '{t}' was not given "
                                f"(expected shape {self.blob_shapes[t]})")
             tops.append(layer(self._to_net(torch.as_tensor(inputs[t]))))
         return tops
 
-    def _call(self, step: Step, blobs: dict) -> tuple:
-        """One layer on its bottoms (detached where propagate_down is false); torch's errors become NetErrors."""
-        bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(step.bottoms, step.propagate)]
-        try:
-            return as_tuple(self.layers[step.key](*bottoms))
-        except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
-            # e.g. inputs of another shape than the net was built for; the cause stays chained
-            shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
-            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise NetError(f"{step.spec.where}: failed on bottoms {shown}: {detail}") from e
-
-    def _run_network(self, blobs: dict, timings: dict | None = None, cuda: bool = False):
-        """The network steps (not input, not source) eagerly, in order, into `blobs`; returns the loss."""
+    def _run_steps(self, steps: list[tuple[Step, list[tuple[int, float]]]], blobs: dict,
+                   timings: dict | None = None, checked: bool = True):
+        """The layer loop: each step on its bottoms (detached where propagate_down is false), in order, into
+        `blobs`; returns the weighted loss (None without loss tops). `checked`: torch's errors become
+        NetErrors naming the layer (off inside torch.compile); `timings`: per-layer seconds."""
         loss = None
-        for step, weighted in self._network_plan():
-            if timings is None:
-                tops = self._call(step, blobs)
+        for step, weighted in steps:
+            t0 = time.perf_counter() if timings is not None else 0.0
+            bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(step.bottoms, step.propagate)]
+            if checked:
+                tops = self._call(step, bottoms)
             else:
-                t0 = time.perf_counter()
-                tops = self._call(step, blobs)
-                if cuda:
-                    torch.cuda.synchronize(self.device)
-                timings[step.key] = timings.get(step.key, 0.0) + time.perf_counter() - t0
+                tops = as_tuple(self.layers[step.key](*bottoms))
+            if timings is not None:
+                self._bill(timings, step, t0)
             blobs.update(zip(step.tops, tops))
             for i, w in weighted:
                 term = w * tops[i].sum()
                 loss = term if loss is None else loss + term
         return loss
 
-    def _network_plan(self) -> list[tuple[Step, list[tuple[int, float]]]]:
-        """The network steps with their (top index, loss weight) pairs of nonzero weight, made once."""
-        plan = self.__dict__.get("_network_steps")
-        if plan is None:
-            plan = [(st, [(i, w) for i, w in enumerate(st.loss_weights) if w]) for st in self.plan
-                    if not st.is_source and not self.layers[st.key].is_input]
-            self.__dict__["_network_steps"] = plan
-        return plan
+    def _call(self, step: Step, bottoms: list[torch.Tensor]) -> tuple:
+        """One layer on its bottoms; torch's errors become NetErrors."""
+        try:
+            return as_tuple(self.layers[step.key](*bottoms))
+        except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
+            # e.g. inputs of another shape than the net was built for; the cause stays chained
+            shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise NetError(f"{step.definition.where}: failed on bottoms {shown}: {detail}") from e
+
+    def _bill(self, timings: dict, step: Step, t0: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[step.key] = timings.get(step.key, 0.0) + time.perf_counter() - t0
 
     def _network_fn(self, blobs: dict):
         """What compile() compiles: the network steps as one function of the input and source blobs,
         returning every blob (so net.blobs stays complete) and the loss."""
         blobs = dict(blobs)
-        modules = self.layers._modules
-        loss = None
-        for step, weighted in self._network_plan():
-            tops = as_tuple(modules[step.key](*[blobs[b] if keep else blobs[b].detach()
-                                                for b, keep in zip(step.bottoms, step.propagate)]))
-            blobs.update(zip(step.tops, tops))
-            for i, w in weighted:
-                term = w * tops[i].sum()
-                loss = term if loss is None else loss + term
+        loss = self._run_steps(self._network_steps, blobs, checked=False)
         return blobs, loss
 
     def _run_compiled(self, blobs: dict):
         try:
             return self._compiled(blobs)
         except Exception:   # noqa: BLE001 - rerun eagerly: a user error then names its layer
-            loss = self._run_network(blobs)
+            loss = self._run_steps(self._network_steps, blobs)
             # the eager run worked, so the compiler failed (e.g. no C++ compiler): stay eager from now on
             warnings.warn(f"net '{self.name}': torch.compile failed, running eagerly", RuntimeWarning,
                           stacklevel=3)
@@ -381,14 +384,23 @@ class Net(nn.Module):
         self._compiled = torch.compile(self._network_fn, **options)
         return self
 
+    def use_channels_last(self) -> "Net":
+        """NHWC memory order for 4-D weights and for every 4-D blob entering the net (inputs, source blobs).
+        Returns the net."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         """The floating dtype blobs enter the net with (float32 unless the net was .double()'d)."""
         return self._dtype_anchor.dtype
 
     def _to_net(self, x: torch.Tensor) -> torch.Tensor:
-        """An input or source blob on the net's device, in the net's dtype (Caffe's blobs are all float)."""
-        return x.to(self.device, self.dtype, non_blocking=True)
+        """An input or source blob on the net's device, in the net's dtype (Caffe's blobs are all float), in
+        NHWC order after use_channels_last()."""
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        return to_channels_last(x) if self.channels_last else x
 
     def close(self) -> None:
         """Stop the source stage's worker processes."""

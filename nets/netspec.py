@@ -28,7 +28,7 @@ Differences from Caffe's net_spec:
   (with "did you mean"). A kwarg that is a field of two of the layer's blocks must be given in its block.
   Types not registered here only take layer fields and explicit `xxx_param=dict(...)` blocks (passed through
   unchecked). Enum fields also take the name as a string (`pool="MAX"`) or its number.
-- `to_proto()` returns a nets.text_format.Message (str() of it is the prototxt), not a caffe_pb2.NetParameter.
+- `to_proto()` returns a netdef.text_format.Message (str() of it is the prototxt), not a caffe_pb2.NetParameter.
   Layer fields are written in caffe.proto's order and param blocks in the order the layer declares them,
   but fields inside a block in the order you gave them (protobuf sorts those by field number). Floats print
   as Python's repr (`lr_mult: 1.0`). `P.Pooling.MAX` is the name MAX (an Ident), not the number 0.
@@ -37,6 +37,8 @@ Differences from Caffe's net_spec:
   and `Top.name` are not supported.
 - `NetSpec(name=...)` / `to_proto(name=...)` set the net's name; `to_prototxt(header=...)` writes the text
   with a `# ...` header (see `generated_by()`).
+
+Over 400 lines as one cohesive thing: a port of one Caffe module (net_spec.py) and its value checks.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ import shlex
 import sys
 from collections import Counter
 
-from layers.base import P as Decl, Params
-from nets.errors import NetError
-from nets.spec import PHASES, did_you_mean
-from nets.text_format import Ident, Message, write
+from netdef.params import Param, Params
+from netdef.errors import NetError
+from netdef.params import did_you_mean
+from netdef.spec import PHASES
+from netdef.text_format import Ident, Message, write
 
 __all__ = ["NetSpec", "Top", "Function", "layers", "params", "to_proto", "generated_by", "ProtoMessage"]
 
@@ -62,18 +65,18 @@ class ProtoMessage(Message):
 
 
 # LayerParameter's own fields (LAYER_FIELDS in caffe.proto's field-number order: the order they are written in).
-_RULE = Params("rule", phase=Decl(PHASES), min_level=Decl(int), max_level=Decl(int),
-               stage=Decl(str, repeated=True), not_stage=Decl(str, repeated=True))
-_PARAM_SPEC = Params("param", name=Decl(str), share_mode=Decl(("STRICT", "PERMISSIVE")), lr_mult=Decl(float),
-                     decay_mult=Decl(float))
+_RULE = Params("rule", phase=Param(PHASES), min_level=Param(int), max_level=Param(int),
+               stage=Param(str, repeated=True), not_stage=Param(str, repeated=True))
+_PARAM_SPEC = Params("param", name=Param(str), share_mode=Param(("STRICT", "PERMISSIVE")), lr_mult=Param(float),
+                     decay_mult=Param(float))
 LAYER_FIELDS = {
-    "name": Decl(str), "loss_weight": Decl(float, repeated=True), "param": Decl(_PARAM_SPEC, repeated=True),
-    "include": Decl(_RULE, repeated=True), "exclude": Decl(_RULE, repeated=True), "phase": Decl(PHASES),
-    "propagate_down": Decl(bool, repeated=True),
+    "name": Param(str), "loss_weight": Param(float, repeated=True), "param": Param(_PARAM_SPEC, repeated=True),
+    "include": Param(_RULE, repeated=True), "exclude": Param(_RULE, repeated=True), "phase": Param(PHASES),
+    "propagate_down": Param(bool, repeated=True),
 }
 # `type: "Python"` layers are not in the registry (Net loads their class from python_param).
-PYTHON_BLOCKS = {"python_param": {"module": Decl(str), "layer": Decl(str), "param_str": Decl(str),
-                                  "share_in_parallel": Decl(bool)}}
+PYTHON_BLOCKS = {"python_param": {"module": Param(str), "layer": Param(str), "param_str": Param(str),
+                                  "share_in_parallel": Param(bool)}}
 _NOT_KWARGS = {
     "bottom": "pass bottoms as positional arguments (Tops or blob names)",
     "top": "name tops by assigning them to a NetSpec attribute (n.name = L.Type(...))",
@@ -81,7 +84,7 @@ _NOT_KWARGS = {
 }
 
 
-def _declared_blocks(type_name: str) -> dict[str, dict[str, Decl]] | None:
+def _declared_blocks(type_name: str) -> dict[str, dict[str, Param]] | None:
     """The param blocks a registered layer type reads, or None when the type is not registered."""
     if type_name == "Python":
         return PYTHON_BLOCKS
@@ -101,7 +104,7 @@ def _kind_name(kind) -> str:
     return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(kind, "a dict")
 
 
-def _values(value, decl: Decl | None, where: str, path: str) -> list:
+def _values(value, decl: Param | None, where: str, path: str) -> list:
     """The text-format values of one field: a list, since lists become repeated fields."""
     if isinstance(value, (list, tuple)):
         if decl is not None and not decl.repeated:
@@ -110,7 +113,7 @@ def _values(value, decl: Decl | None, where: str, path: str) -> list:
     return [_value(value, decl, where, path)]
 
 
-def _value(v, decl: Decl | None, where: str, path: str):
+def _value(v, decl: Param | None, where: str, path: str):
     kind = decl.kind if decl is not None else None
     if isinstance(kind, Params) or (kind is None and isinstance(v, dict)):
         if not isinstance(v, dict):
@@ -147,7 +150,7 @@ def _value(v, decl: Decl | None, where: str, path: str):
     raise NetError(f"{where}: {path} cannot be written to prototxt: {v!r} ({type(v).__name__})")
 
 
-def _message(d: dict, fields: dict[str, Decl] | None, where: str, path: str) -> ProtoMessage:
+def _message(d: dict, fields: dict[str, Param] | None, where: str, path: str) -> ProtoMessage:
     msg = ProtoMessage()
     for k, v in d.items():
         if not isinstance(k, str) or not (k.isidentifier() and k.isascii()):

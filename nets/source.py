@@ -1,14 +1,15 @@
-"""The source stage: the layers that read data (`is_source`) run ahead of the network.
+"""The source stage: the layers that read data (layers.base.SourceLayer) run ahead of the network. The Net that
+owns the stage drives it (Net.forward draws each batch); the stage knows only its steps and their layers.
 
-Index layers (source layers with no bottoms: GenRandIndex, ReadIndexFromFile...) keep state, so they run in the
-main process, one batch at a time, in order. Reader layers (source layers fed only by source layers) are pure
+Index layers (stateful source layers, and source layers with no bottoms: GenRandIndex, ReadIndexFromFile...) run
+in the main process, one batch at a time, in order. Reader layers (stateless, fed only by source layers) are pure
 functions of the indices, so they run in DataLoader worker processes that decode `prefetch` batches per
 worker ahead of the network. With workers = 0 everything runs inline.
 
-Compact transfer: a reader with `forward_compact` (layers/hand/readers.py) is run through it when no other reader
-takes its tops, so batches carry its tops in their stored type (uint8 pixels: a quarter of float32's bytes through
-the worker pipes); the Net casts every source blob to its dtype on its device, giving forward()'s values exactly.
-The stage applies nets.perf.keep_freed_memory() in the main process and in every worker.
+Compact transfer: a reader with its own `forward_compact` (layers/hand/readers.py) is run through it when no
+other reader takes its tops, so batches carry its tops in their stored type (uint8 pixels: a quarter of float32's
+bytes through the worker pipes); the Net casts every source blob to its dtype on its device, giving forward()'s
+values exactly. The stage applies nets.perf.keep_freed_memory() in the main process and in every worker.
 
 Exact resume: index layers run ahead of the network by the prefetched batches, so the stage remembers the index
 layers' state after each batch it hands out (`state()`), not the state of the batch drawn last.
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from layers.base import as_tuple
-from nets.errors import NetError
+from layers.base import SourceLayer, as_tuple
+from netdef.errors import NetError
 from nets.perf import keep_freed_memory
 
 if TYPE_CHECKING:
-    from nets.net import Net, Step
+    from nets.net import Step
 
 __all__ = ["SourceStage", "default_workers"]
 
@@ -114,19 +115,21 @@ class _Draws(Sampler):
 
 
 class SourceStage:
-    def __init__(self, net: "Net", steps: list["Step"], workers: int | None = None, prefetch: int = 4):
-        self.net = net
-        # Stateful layers (get_state) and layers without bottoms run in the main process: their order and
-        # state must be exact. A stateful layer fed by index layers (CrossValidationRandomChooseIndex) is fine;
-        # one fed by a reader would have to run in a worker, where its state would fork.
+    def __init__(self, steps: list["Step"], layers: dict[str, SourceLayer], workers: int | None = None,
+                 prefetch: int = 4, pin_memory: bool = False):
+        """`steps`: the source steps in the net's order; `layers`: step key -> its layer. `pin_memory`: batches
+        from the workers land in pinned memory (CUDA nets)."""
+        self.layers = layers
+        # Stateful layers and layers without bottoms run in the main process: their order and state must be
+        # exact. A stateful layer fed by index layers (CrossValidationRandomChooseIndex) is fine; one fed by a
+        # reader would have to run in a worker, where its state would fork.
         produced_by_index: set[str] = set()
         self.index_steps, self.reader_steps = [], []
         for step in steps:
-            stateful = hasattr(net.layers[step.key], "get_state")
-            if stateful or not step.bottoms:
+            if layers[step.key].stateful or not step.bottoms:
                 late = [b for b in step.bottoms if b not in produced_by_index]
                 if late:
-                    raise NetError(f"{step.spec.where}: a stateful data layer must be fed by index layers only, "
+                    raise NetError(f"{step.definition.where}: a stateful data layer must be fed by index layers only, "
                                    f"but bottom '{late[0]}' is read in a worker process")
                 self.index_steps.append(step)
                 produced_by_index.update(step.tops)
@@ -134,11 +137,12 @@ class SourceStage:
                 self.reader_steps.append(step)
         self.index_blobs = sorted(produced_by_index)
         read_by_readers = {b for s in self.reader_steps for b in s.bottoms}
-        self.compact = frozenset(s.key for s in self.reader_steps if hasattr(net.layers[s.key], "forward_compact")
+        self.compact = frozenset(s.key for s in self.reader_steps if layers[s.key].has_compact_form()
                                  and not read_by_readers & set(s.tops))
         keep_freed_memory()
         self.workers = default_workers() if workers is None else int(workers)
         self.prefetch = prefetch
+        self.pin_memory = pin_memory
         self.rank, self.world = 0, 1     # see shard()
         self._iter = None
         self._loader = None
@@ -152,7 +156,7 @@ class SourceStage:
 
     # -- index layers (main process) --------------------------------------------------------------------------
     def _index_layers(self):
-        return [self.net.layers[s.key] for s in self.index_steps]
+        return [self.layers[s.key] for s in self.index_steps]
 
     def shard(self, rank: int, world: int) -> None:
         """Data-parallel training: every rank runs the index layers `world` times per batch (so their states
@@ -164,14 +168,14 @@ class SourceStage:
     def _draw(self) -> dict:
         with torch.no_grad():
             for i in range(self.world):
-                drawn = _run_steps(self.index_steps, self.net.layers, {})
+                drawn = _run_steps(self.index_steps, self.layers, {})
                 if i == self.rank:
                     blobs = drawn
         self._pending_states.append(self._capture())
         return {k: v.cpu() for k, v in blobs.items()}
 
     def _capture(self) -> list:
-        return [layer.get_state() if hasattr(layer, "get_state") else None for layer in self._index_layers()]
+        return [layer.get_state() for layer in self._index_layers()]
 
     def state(self) -> list:
         """Index layers' state after the last batch handed to the network (what a snapshot must save)."""
@@ -190,7 +194,7 @@ class SourceStage:
         """The next batch of every source blob, as CPU tensors; compact readers' tops in their stored type (see the
         module doc), which the Net casts."""
         if self.workers == 0:
-            batch = _run_steps(self.reader_steps, self.net.layers, self._draw(), self.compact)
+            batch = _run_steps(self.reader_steps, self.layers, self._draw(), self.compact)
         else:
             if self._iter is None:
                 self._start()
@@ -201,14 +205,14 @@ class SourceStage:
         return batch
 
     def _start(self) -> None:
-        modules = {s.key: self.net.layers[s.key] for s in self.reader_steps}
+        modules = {s.key: self.layers[s.key] for s in self.reader_steps}
         readers = _Readers(self.reader_steps, modules, self.compact)
         self._pending_states.clear()
         self._pending_draws.clear()
         self._loader = DataLoader(readers, batch_size=None, sampler=_Draws(self), num_workers=self.workers,
                                   collate_fn=_unchanged,
                                   prefetch_factor=self.prefetch, persistent_workers=False,
-                                  pin_memory=self.net.device.type == "cuda", worker_init_fn=_worker_init,
+                                  pin_memory=self.pin_memory, worker_init_fn=_worker_init,
                                   # its own generator: starting workers must not draw from torch's global RNG
                                   # (that would shift Dropout masks and break exact resume)
                                   generator=torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 __all__ = ["save_weights", "load_weights", "LoadReport"]
 

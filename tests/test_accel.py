@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, prototxt_for
 from nets.accel import LossScaler, amp_dtype, autocast
 from nets.cli import main
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.solver import Solver
 
 NET = '''name: "tiny"

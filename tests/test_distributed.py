@@ -14,22 +14,21 @@ import pytest
 import torch
 
 from nets.net import Net
-from nets.solver import Solver, _blobs_reaching_loss
+from nets.solver import Solver, blobs_reaching_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
 
 READER = '''
 import torch
-from layers.base import Layer
+from layers.base import Layer, SourceLayer
 from layers.registry import register_layer
 
 
 @register_layer("DDPTestReader")
-class Reader(Layer):
+class Reader(SourceLayer):
     """A fixed sample per index: x (3, 6, 6) and y (2,)."""
     num_bottoms, num_tops = 1, 2
-    is_source = True
 
     def infer_top_shapes(self, bottom_shapes):
         b = bottom_shapes[0][0]
@@ -145,7 +144,7 @@ def test_blobs_reaching_the_loss_decide_find_unused_parameters():
         layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "f" top: "s" propagate_down: true propagate_down: false }
         layer { name: "loss" type: "EuclideanLoss" bottom: "s" bottom: "y" top: "loss" }
     ''', device="cpu")
-    reaching = _blobs_reaching_loss(net)
+    reaching = blobs_reaching_loss(net)
     assert {"loss", "s", "a", "x"} <= reaching
     assert "side" not in reaching and "f" not in reaching
 

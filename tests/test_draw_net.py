@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from nets.draw import main, net_to_dot
-from nets.errors import NetError
-from nets.text_format import parse
+from netdef.errors import NetError
+from netdef.text_format import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET_TT = os.path.join(ROOT, "tests", "data", "zoo", "lenet_train_test.prototxt")

@@ -7,8 +7,8 @@ import torch
 
 from layers.base import FILLER
 from layers.fillers import fill
-from nets.errors import NetError
-from nets.text_format import parse
+from netdef.errors import NetError
+from netdef.text_format import parse
 
 
 def filler(text):

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 SEED_NET = """name: "fuzz"

@@ -15,7 +15,7 @@ import layers.hand  # noqa: F401  (registers the hand layers)
 from layers.build import make_layer
 from layers.hand import debug as D
 from layers.hand.skeleton import BONES
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 

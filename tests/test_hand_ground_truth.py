@@ -16,7 +16,7 @@ import layers.hand  # noqa: F401  (registers the hand layers)
 from layers.build import make_layer
 from layers.hand import ground_truth as gt
 from layers.registry import get_layer_class
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 LB, UB = -3.269, 3.270

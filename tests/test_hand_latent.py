@@ -15,7 +15,7 @@ import layers.hand  # noqa: F401  (registers the hand layers)
 from layers.build import make_layer
 from layers.hand import latent
 from layers.registry import get_layer_class
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 LB, UB = -3.269, 3.270

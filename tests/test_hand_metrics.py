@@ -14,7 +14,7 @@ import torch
 import layers.hand  # noqa: F401  (registers the hand layers)
 from layers.build import make_layer
 from layers.hand import metrics as M
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 

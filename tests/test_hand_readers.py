@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from layers.build import make_layer
 from layers.hand.rhd import memo
 from layers.hand.rhd.packed import packed_file
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 from rhd_fixture import write_memo, write_packed
 

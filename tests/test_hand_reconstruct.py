@@ -17,7 +17,7 @@ from layers.hand import reconstruct as rc
 from layers.hand.rhd import convert, synthetic
 from layers.hand.skeleton import BONES
 from layers.registry import get_layer_class
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

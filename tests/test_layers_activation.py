@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call
 
 from layers.build import make_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 

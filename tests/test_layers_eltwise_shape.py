@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from layers.build import make_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 

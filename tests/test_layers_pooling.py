@@ -13,7 +13,7 @@ import torch
 
 from layers.build import make_layer
 from layers.caffe.pooling import FLT_MAX, window_max
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 

@@ -6,16 +6,16 @@ import textwrap
 import pytest
 import torch
 
-from layers.base import FILLER, Layer, P, Params
+from layers.base import FILLER, Layer, Param, Params
 from layers.registry import register_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 
 @register_layer("TestAffine")
 class AffineForTest(Layer):
     """y = w * x + b with learnable scalars (test-only layer)."""
-    params = Params("test_affine_param", w=P(float, 2.0), b=P(float, 0.5))
+    params = Params("test_affine_param", w=Param(float, 2.0), b=Param(float, 0.5))
 
     def setup(self, bottom_shapes):
         self.add_blob("w", (1,), value=self.p.w)
@@ -189,8 +189,8 @@ def test_v1_layers_format_is_upgraded():
 
 
 def test_v1_blobs_lr_become_param_multipliers():
-    from nets.spec import load_net_spec
-    spec = load_net_spec('layers { name: "c" type: CONVOLUTION bottom: "a" top: "b" blobs_lr: 1 blobs_lr: 2 '
+    from netdef.spec import load_net_def
+    spec = load_net_def('layers { name: "c" type: CONVOLUTION bottom: "a" top: "b" blobs_lr: 1 blobs_lr: 2 '
                          'weight_decay: 1 weight_decay: 0 }')
     assert spec.layers[0].type == "Convolution"
     assert [(p.lr_mult, p.decay_mult) for p in spec.layers[0].param_specs] == [(1.0, 1.0), (2.0, 0.0)]
@@ -353,11 +353,11 @@ def test_registered_user_layer_from_import(tmp_path):
     from layers.registry import import_user_module
     path = tmp_path / "reg_layers.py"
     path.write_text(textwrap.dedent('''
-        from layers import Layer, Params, P, register_layer
+        from layers import Layer, Params, Param, register_layer
 
         @register_layer("TestTimesK")
         class TimesK(Layer):
-            params = Params("times_k_param", k=P(float, 2.0))
+            params = Params("times_k_param", k=Param(float, 2.0))
 
             def forward(self, x):
                 return x * self.p.k

@@ -6,19 +6,19 @@ import re
 
 import pytest
 
-from layers.base import Layer, P as Decl, Params
+from layers.base import Layer, Param, Params
 from layers.registry import register_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 from nets.netspec import NetSpec, ProtoMessage, generated_by, layers as L, params as P, to_proto
-from nets.spec import load_net_spec
-from nets.text_format import Ident, parse
+from netdef.spec import load_net_def
+from netdef.text_format import Ident, parse
 
 
 @register_layer("TestNetSpecTwoBlocks")
 class TwoBlocksForNetSpec(Layer):
     """y = x (test-only); declares a field `axis` in two blocks."""
-    params = Params("first_param", axis=Decl(int, 1), k=Decl(int, 0)) + Params("second_param", axis=Decl(int, 1))
+    params = Params("first_param", axis=Param(int, 1), k=Param(int, 0)) + Params("second_param", axis=Param(int, 1))
 
     def forward(self, x):
         return x
@@ -42,7 +42,7 @@ def lenet() -> NetSpec:
 def test_lenet_builds_with_caffes_layers_and_shapes():
     net = Net(str(lenet().to_proto()), phase="TEST", device="cpu")
     assert net.name == "LeNet"
-    assert [(s.name, s.spec.type) for s in net.plan] == [
+    assert [(s.name, s.definition.type) for s in net.plan] == [
         ("data", "DummyData"), ("conv1", "Convolution"), ("pool1", "Pooling"), ("conv2", "Convolution"),
         ("pool2", "Pooling"), ("ip1", "InnerProduct"), ("relu1", "ReLU"), ("ip2", "InnerProduct"),
         ("loss", "SoftmaxWithLoss")]
@@ -58,8 +58,8 @@ def test_lenet_text_parses_back_equal_and_matches_zoo_structure():
     proto = lenet().to_proto()
     assert isinstance(proto, ProtoMessage)
     assert parse(str(proto)) == proto
-    ours = load_net_spec(str(proto))
-    zoo = load_net_spec(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zoo", "lenet.prototxt"))
+    ours = load_net_def(str(proto))
+    zoo = load_net_def(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zoo", "lenet.prototxt"))
     # the zoo file has an Input layer and a Softmax; the convolution / pooling stack is the same
     for name in ("conv1", "pool1", "conv2", "pool2", "ip1", "relu1", "ip2"):
         a = next(x for x in ours.layers if x.name == name)

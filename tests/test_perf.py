@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nets.perf as perf
-from layers.base import Layer
+from layers.base import Layer, SourceLayer
 from layers.registry import register_layer
 from nets.net import Net
 
@@ -52,9 +52,8 @@ def test_is_a_no_op_returning_false_off_linux(monkeypatch):
 
 
 @register_layer("MmapProbeForTest")
-class MmapProbe(Layer):
+class MmapProbe(SourceLayer):
     """A reader reporting, per sample, whether its process serves a 16 MB block with mmap (1) or not (0)."""
-    is_source = True
 
     def infer_top_shapes(self, bottom_shapes):
         return [bottom_shapes[0]]

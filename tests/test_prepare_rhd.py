@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from layers.hand.rhd import convert, memo, release
-from nets.errors import NetError
+from netdef.errors import NetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = np.array([[283.1, 0.0, 160.0], [0.0, 283.1, 160.0], [0.0, 0.0, 1.0]])

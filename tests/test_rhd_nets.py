@@ -93,7 +93,7 @@ def test_heatmap25d_has_the_authors_losses(rhd_converted, phase):
     s = net.blob_shapes
     assert s["maps"] == (32, 42, 64, 64)
     assert s["heatmap"] == s["depth_map"] == (32, 21, 64, 64)
-    types = {st.name: st.spec.type for st in net.plan}
+    types = {st.name: st.definition.type for st in net.plan}
     assert types["loss_heatmap"] == types["loss_depth_map"] == "SigmoidCrossEntropyLoss"
     weights = {t: w for st in net.plan for t, w in zip(st.tops, st.loss_weights) if w}
     assert weights == {"loss_heatmap": 1.0, "loss_depth_map": 3.0}
@@ -110,7 +110,7 @@ def test_synth_small_test_net_runs(rhd_converted):
     assert net.blob_shapes["maps"] == (50, 42, 32, 32)
     s = net.blob_shapes
     assert [s[b][2] for b in ("stem", "conv1b", "conv2b", "conv3b", "up0", "up1", "up2")] == [32, 16, 8, 4, 8, 16, 32]
-    assert {st.spec.type for st in net.plan} >= {"BatchNorm", "Scale", "Deconvolution", "L1Loss", "SoftArgmax"}
+    assert {st.definition.type for st in net.plan} >= {"BatchNorm", "Scale", "Deconvolution", "L1Loss", "SoftArgmax"}
     with torch.no_grad():
         out = net.forward()
     net.close()

@@ -13,7 +13,7 @@ import torch
 from conftest import prototxt_for
 from layers.hand.rhd import release
 from layers.hand.skeleton import REF_BONE
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

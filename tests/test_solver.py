@@ -1,4 +1,4 @@
-"""nets/solver.py: lr policies, each update rule vs a literal numpy port of Caffe's .cpp, iter_size, gradient
+"""nets/solver/: lr policies, each update rule vs a literal numpy port of Caffe's .cpp, iter_size, gradient
 clipping, weight decay, lr_mult, test nets sharing weights, log lines, snapshots (atomic, Ctrl-C), exact resume,
 refused state files, solver file errors, and run_net.py --solver."""
 
@@ -15,22 +15,22 @@ import numpy as np
 import pytest
 import torch
 
-from layers.base import Layer, P, Params
+from layers.base import Layer, Param, Params, SourceLayer
 from layers.registry import register_layer
 from nets.cli import main
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.solver import UPDATE_RULES, Solver, learning_rate
 
 
 # ---- test-only data layers -------------------------------------------------------------------------------------
 
 @register_layer("SolverTestRandIndex")
-class RandIndex(Layer):
+class RandIndex(SourceLayer):
     """batch_size random integers in [0, num) from a numpy Generator seeded from torch's initial seed (like the
     project's random index layers), with get_state/set_state (test-only)."""
-    params = Params("rand_index_param", batch_size=P(int, 4), num=P(int, 100))
+    params = Params("rand_index_param", batch_size=Param(int, 4), num=Param(int, 100))
     num_bottoms = 0
-    is_source = True
+    stateful = True
 
     def setup(self, bottom_shapes):
         seed = np.random.SeedSequence([torch.initial_seed(), zlib.crc32(self.name.encode())])
@@ -50,11 +50,11 @@ class RandIndex(Layer):
 
 
 @register_layer("SolverTestCount")
-class CountIndex(Layer):
+class CountIndex(SourceLayer):
     """0, 1, 2, ... in batches of batch_size (test-only)."""
-    params = Params("count_param", batch_size=P(int, 4))
+    params = Params("count_param", batch_size=Param(int, 4))
     num_bottoms = 0
-    is_source = True
+    stateful = True
 
     def setup(self, bottom_shapes):
         self.cursor = 0
@@ -75,10 +75,9 @@ class CountIndex(Layer):
 
 
 @register_layer("SolverTestReader")
-class Reader(Layer):
+class Reader(SourceLayer):
     """Sample i -> x = (i, sin i, cos i) / (1, 1, 1) scaled, y = (sin 2i, cos 3i): a pure function (test-only)."""
     num_tops = 2
-    is_source = True
 
     def infer_top_shapes(self, bottom_shapes):
         return [(bottom_shapes[0][0], 3), (bottom_shapes[0][0], 2)]
@@ -673,7 +672,7 @@ def test_paths_resolve_against_the_solver_folder_and_legacy_fields(tmp_path, mon
 
 INTERRUPT_LAYER = """
 import os, signal
-from layers.base import Layer
+from layers.base import Layer, SourceLayer
 from layers.registry import register_layer
 
 @register_layer("SolverTestCtrlC")
@@ -732,13 +731,12 @@ def test_cli_solver_usage_errors(tmp_path, capsys, monkeypatch):
 
 SLOW_READER = """
 import time
-from layers.base import Layer
+from layers.base import Layer, SourceLayer
 from layers.registry import register_layer
 
 @register_layer("SolverTestSlowReader")
-class SlowReader(Layer):
+class SlowReader(SourceLayer):
     '''x -> sin(x), 20 ms per batch (test-only reader).'''
-    is_source = True
 
     def infer_top_shapes(self, bottom_shapes):
         return [bottom_shapes[0]]

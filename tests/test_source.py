@@ -5,18 +5,18 @@ import os
 import pytest
 import torch
 
-from layers.base import Layer, P, Params
+from layers.base import Layer, Param, Params, SourceLayer
 from layers.registry import register_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 
 
 @register_layer("CounterIndexForTest")
-class CounterIndex(Layer):
+class CounterIndex(SourceLayer):
     """Next B integers from a cursor (a stateful index layer, test-only)."""
-    params = Params("counter_param", batch_size=P(int, 4))
+    params = Params("counter_param", batch_size=Param(int, 4))
     num_bottoms = 0
-    is_source = True
+    stateful = True
 
     def setup(self, bottom_shapes):
         self.cursor = 0
@@ -37,10 +37,9 @@ class CounterIndex(Layer):
 
 
 @register_layer("PidReaderForTest")
-class PidReader(Layer):
+class PidReader(SourceLayer):
     """Reads 'sample i' = (10 * i, pid of the reading process) (test-only reader)."""
     num_tops = 2
-    is_source = True
 
     def infer_top_shapes(self, bottom_shapes):
         return [bottom_shapes[0], (bottom_shapes[0][0],)]
@@ -114,9 +113,9 @@ def test_only_layers_fed_by_source_layers_join_the_stage():
 
 
 @register_layer("ChooserForTest")
-class Chooser(Layer):
+class Chooser(SourceLayer):
     """A stateful source layer with a bottom (like CrossValidationRandomChooseIndex): adds a counter."""
-    is_source = True
+    stateful = True
 
     def setup(self, bottom_shapes):
         self.calls = 0
@@ -170,9 +169,8 @@ def test_run_net_time_on_a_net_with_a_source_stage(tmp_path, capsys):
 
 
 @register_layer("CompactReaderForTest")
-class CompactReader(Layer):
+class CompactReader(SourceLayer):
     """A reader with a compact form: 'sample i' = i % 256 as uint8 in forward_compact, float in forward."""
-    is_source = True
 
     def infer_top_shapes(self, bottom_shapes):
         return [bottom_shapes[0]]

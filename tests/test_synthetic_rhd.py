@@ -14,7 +14,7 @@ import pytest
 from layers.hand import skeleton
 from layers.hand.rhd import release
 from layers.hand.rhd import synthetic as S
-from nets.errors import NetError
+from netdef.errors import NetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 60

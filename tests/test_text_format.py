@@ -1,4 +1,4 @@
-"""Tests for nets.text_format: parser, writer, locations, errors, fuzzing."""
+"""Tests for netdef.text_format: parser, writer, locations, errors, fuzzing."""
 
 import math
 import time
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nets.errors import NetError, ParseError
-from nets.text_format import Field, Ident, Loc, Message, parse, parse_file, write
+from netdef.errors import NetError, ParseError
+from netdef.text_format import Field, Ident, Loc, Message, parse, parse_file, write
 
 
 def vals(text, name="a"):

@@ -11,7 +11,7 @@ import torch
 
 from layers.base import Layer
 from layers.registry import register_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 from nets.net import Net
 from nets.weights import LoadReport, load_weights, save_weights
 

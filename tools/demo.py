@@ -70,7 +70,7 @@ def make_data(data: str, n_train: int, n_eval: int, seed: int, workers: int | No
 
 def solver_text(rhd: str, out: str, max_iter: int | None) -> str:
     """The committed solver with its nets, data root and snapshot prefix pointed at this run."""
-    from nets.text_format import Field, parse_file, write
+    from netdef.text_format import Field, parse_file, write
     msg = parse_file(SOLVER)
     for f in msg:
         if f.name in ("train_net", "test_net", "net"):
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--workers", type=int, default=None, help="data processes (default: min(2, cores))")
     args = ap.parse_args(argv)
-    from nets.errors import NetError, report
+    from netdef.errors import NetError, report
     try:
         return run(args)
     except NetError as e:

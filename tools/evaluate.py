@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from nets.errors import NetError, report  # noqa: E402
+from netdef.errors import NetError, report  # noqa: E402
 
 
 def main(argv=None) -> int:

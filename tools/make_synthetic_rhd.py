@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd.synthetic import make_dataset  # noqa: E402
-from nets.errors import NetError, report  # noqa: E402
+from netdef.errors import NetError, report  # noqa: E402
 
 
 def _count(text: str) -> int:

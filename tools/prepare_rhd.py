@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd import convert, memo  # noqa: E402
 from nets.cli import positive_int  # noqa: E402
-from nets.errors import NetError, report  # noqa: E402
+from netdef.errors import NetError, report  # noqa: E402
 
 
 def _parser():

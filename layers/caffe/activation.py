@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from layers.base import FILLER, Layer, P, Params, channel_axis
+from layers.base import FILLER, Layer, Param, Params, channel_axis
 from layers.registry import register_layer
 
 ENGINE = ("DEFAULT", "CAFFE", "CUDNN")
@@ -20,8 +20,17 @@ class ReLU(Layer):
     Bottoms: x (any shape).  Tops: y (same shape).
     Params (relu_param): negative_slope = 0, engine (ignored).
     The gradient at x == 0 is negative_slope, as in Caffe's backward (x > 0 is the test).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> relu = make_layer('type: "ReLU" bottom: "x" top: "y" relu_param { negative_slope: 0.1 }',
+        ...                   bottom_shapes=[(1, 3)])
+        >>> relu(torch.tensor([[-1.0, 0.0, 2.0]]))
+        tensor([[-0.1000,  0.0000,  2.0000]])
     """
-    params = Params("relu_param", negative_slope=P(float, 0.0), engine=P(ENGINE, "DEFAULT"))
+    params = Params("relu_param", negative_slope=Param(float, 0.0), engine=Param(ENGINE, "DEFAULT"))
 
     def forward(self, x):
         if self.p.negative_slope == 0:
@@ -37,7 +46,7 @@ class PReLU(Layer):
     Params (prelu_param): filler (default constant 0.25), channel_shared = false.
     Blobs: slope, shape (C,), or () when channel_shared (Caffe makes a 0-axis blob, count 1).
     """
-    params = Params("prelu_param", filler=P(FILLER), channel_shared=P(bool, False))
+    params = Params("prelu_param", filler=Param(FILLER), channel_shared=Param(bool, False))
 
     def setup(self, bottom_shapes):
         (shape,) = bottom_shapes
@@ -61,7 +70,7 @@ class Sigmoid(Layer):
 
     Bottoms: x (any shape).  Tops: y (same shape).  Params (sigmoid_param): engine (ignored).
     """
-    params = Params("sigmoid_param", engine=P(ENGINE, "DEFAULT"))
+    params = Params("sigmoid_param", engine=Param(ENGINE, "DEFAULT"))
 
     def forward(self, x):
         return torch.sigmoid(x)
@@ -73,7 +82,7 @@ class TanH(Layer):
 
     Bottoms: x (any shape).  Tops: y (same shape).  Params (tanh_param): engine (ignored).
     """
-    params = Params("tanh_param", engine=P(ENGINE, "DEFAULT"))
+    params = Params("tanh_param", engine=Param(ENGINE, "DEFAULT"))
 
     def forward(self, x):
         return torch.tanh(x)
@@ -98,8 +107,17 @@ class Power(Layer):
     Params (power_param): power = 1, scale = 1, shift = 0.
     When power * scale == 0 the input is ignored, as in Caffe: y = 1 if power == 0 else shift ** power
     (a constant, with no gradient to x).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> power = make_layer('type: "Power" bottom: "x" top: "y" power_param { power: 2 scale: 2 shift: 1 }',
+        ...                    bottom_shapes=[(3,)])
+        >>> power(torch.tensor([0.0, 1.0, 2.0])).tolist()   # (1 + 2 x) ** 2
+        [1.0, 9.0, 25.0]
     """
-    params = Params("power_param", power=P(float, 1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+    params = Params("power_param", power=Param(float, 1.0), scale=Param(float, 1.0), shift=Param(float, 0.0))
 
     def forward(self, x):
         p = self.p
@@ -128,7 +146,7 @@ class Exp(Layer):
     Bottoms: x (any shape).  Tops: y (same shape).
     Params (exp_param): base = -1, scale = 1, shift = 0.  base must be > 0 unless -1.
     """
-    params = Params("exp_param", base=P(float, -1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+    params = Params("exp_param", base=Param(float, -1.0), scale=Param(float, 1.0), shift=Param(float, 0.0))
 
     def setup(self, bottom_shapes):
         self.log_base = _check_base(self)
@@ -144,7 +162,7 @@ class Log(Layer):
     Bottoms: x (any shape).  Tops: y (same shape).
     Params (log_param): base = -1, scale = 1, shift = 0.  base must be > 0 and != 1 unless -1.
     """
-    params = Params("log_param", base=P(float, -1.0), scale=P(float, 1.0), shift=P(float, 0.0))
+    params = Params("log_param", base=Param(float, -1.0), scale=Param(float, 1.0), shift=Param(float, 0.0))
 
     def setup(self, bottom_shapes):
         self.log_base = _check_base(self)
@@ -166,8 +184,19 @@ class Dropout(Layer):
     Params (dropout_param): dropout_ratio = 0.5 (0 <= ratio < 1), scale_train = true (a field of later
     Caffe versions and forks; BVLC's own proto lacks it).
     The mask comes from torch's RNG (same distribution as Caffe, not the same numbers).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> drop = make_layer('type: "Dropout" bottom: "x" top: "y"', bottom_shapes=[(1, 1000)])   # ratio 0.5
+        >>> drop(torch.ones(1, 1000)).unique().tolist()   # TRAIN: each unit is 0, or 1 / (1 - 0.5) when kept
+        [0.0, 2.0]
+        >>> test = make_layer('type: "Dropout" bottom: "x" top: "y"', bottom_shapes=[(1, 3)], phase="TEST")
+        >>> test(torch.ones(1, 3)).tolist()   # TEST: the identity
+        [[1.0, 1.0, 1.0]]
     """
-    params = Params("dropout_param", dropout_ratio=P(float, 0.5), scale_train=P(bool, True))
+    params = Params("dropout_param", dropout_ratio=Param(float, 0.5), scale_train=Param(bool, True))
 
     def setup(self, bottom_shapes):
         r = self.p.dropout_ratio
@@ -188,8 +217,16 @@ class Softmax(Layer):
 
     Bottoms: x (any shape).  Tops: y (same shape).
     Params (softmax_param): axis = 1 (negative counts from the end), engine (ignored).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> softmax = make_layer('type: "Softmax" bottom: "x" top: "y"', bottom_shapes=[(1, 2)])
+        >>> softmax(torch.log(torch.tensor([[1.0, 3.0]]))).round(decimals=4)   # exp(x) = 1, 3 -> 1/4, 3/4
+        tensor([[0.2500, 0.7500]])
     """
-    params = Params("softmax_param", engine=P(ENGINE, "DEFAULT"), axis=P(int, 1))
+    params = Params("softmax_param", engine=Param(ENGINE, "DEFAULT"), axis=Param(int, 1))
 
     def setup(self, bottom_shapes):
         self.axis = channel_axis(self.p.axis, len(bottom_shapes[0]), self.where)

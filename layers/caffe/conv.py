@@ -6,17 +6,18 @@ import math
 
 import torch.nn.functional as F
 
-from layers.base import FILLER, REQUIRED, Layer, P, Params, all_shapes_equal, channel_axis
+from layers.base import FILLER, REQUIRED, Layer, Param, Params, all_shapes_equal, channel_axis
 from layers.registry import register_layer
 
 CONVOLUTION_PARAM = Params(
     "convolution_param",
-    num_output=P(int, REQUIRED), bias_term=P(bool, True),
-    pad=P(int, repeated=True), kernel_size=P(int, repeated=True), stride=P(int, repeated=True),
-    dilation=P(int, repeated=True),
-    pad_h=P(int, 0), pad_w=P(int, 0), kernel_h=P(int, 0), kernel_w=P(int, 0), stride_h=P(int, 0), stride_w=P(int, 0),
-    group=P(int, 1), weight_filler=P(FILLER), bias_filler=P(FILLER),
-    engine=P(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"), axis=P(int, 1), force_nd_im2col=P(bool, False))
+    num_output=Param(int, REQUIRED), bias_term=Param(bool, True),
+    pad=Param(int, repeated=True), kernel_size=Param(int, repeated=True), stride=Param(int, repeated=True),
+    dilation=Param(int, repeated=True),
+    pad_h=Param(int, 0), pad_w=Param(int, 0), kernel_h=Param(int, 0), kernel_w=Param(int, 0),
+    stride_h=Param(int, 0), stride_w=Param(int, 0),
+    group=Param(int, 1), weight_filler=Param(FILLER), bias_filler=Param(FILLER),
+    engine=Param(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"), axis=Param(int, 1), force_nd_im2col=Param(bool, False))
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -139,6 +140,16 @@ class Convolution(_BaseConv):
     Blobs: weight (num_output, C / group, *kernel), bias (num_output,) when bias_term.
     Differences from Caffe: only 1 to 3 spatial axes (Caffe: any number); a kernel extent larger than the
     padded input is an error (Caffe's integer division would give one output computed over zeros).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> conv = make_layer('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 1 '
+        ...                   'kernel_size: 2 weight_filler { type: "constant" value: 1 } '
+        ...                   'bias_filler { type: "constant" value: 0.5 } }', bottom_shapes=[(1, 1, 3, 3)])
+        >>> conv(torch.arange(9.0).view(1, 1, 3, 3)).tolist()   # each 2x2 window's sum, plus 0.5
+        [[[[8.5, 12.5], [20.5, 24.5]]]]
     """
 
 
@@ -154,5 +165,15 @@ class Deconvolution(_BaseConv):
     Blobs: weight (C, num_output / group, *kernel) (Caffe's layout, the same as torch's conv_transpose),
     bias (num_output,) when bias_term.
     Differences from Caffe: only 1 to 3 spatial axes.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> up = make_layer('type: "Deconvolution" bottom: "x" top: "y" convolution_param { num_output: 1 '
+        ...                 'kernel_size: 2 stride: 2 bias_term: false weight_filler { type: "constant" value: 1 } }',
+        ...                 bottom_shapes=[(1, 1, 2, 2)])
+        >>> up(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])).tolist()   # each pixel fills its own 2x2 block
+        [[[[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0], [3.0, 3.0, 4.0, 4.0]]]]
     """
     transposed = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from layers.base import Layer, P, Params
+from layers.base import Layer, Param, Params
 from layers.registry import register_layer
 
 
@@ -20,9 +20,18 @@ class Eltwise(Layer):
     Params (eltwise_param): operation = SUM (PROD | SUM | MAX), coeff (repeated float, one per bottom,
     SUM only), stable_prod_grad = true (no effect: autograd's product gradient needs no division).
     Differs from Caffe: coeff with MAX is an error (Caffe ignores it silently).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> diff = make_layer('type: "Eltwise" bottom: "a" bottom: "b" top: "y" eltwise_param { operation: SUM '
+        ...                   'coeff: 1 coeff: -1 }', bottom_shapes=[(1, 3), (1, 3)])
+        >>> diff(torch.tensor([[5.0, 5.0, 5.0]]), torch.tensor([[1.0, 2.0, 3.0]])).tolist()   # 1 * a + (-1) * b
+        [[4.0, 3.0, 2.0]]
     """
-    params = Params("eltwise_param", operation=P(("PROD", "SUM", "MAX"), "SUM"), coeff=P(float, repeated=True),
-                    stable_prod_grad=P(bool, True))
+    params = Params("eltwise_param", operation=Param(("PROD", "SUM", "MAX"), "SUM"), coeff=Param(float, repeated=True),
+                    stable_prod_grad=Param(bool, True))
     num_bottoms = (2, None)
 
     def setup(self, bottom_shapes):

@@ -6,7 +6,7 @@ import math
 
 import torch.nn.functional as F
 
-from layers.base import FILLER, REQUIRED, Layer, P, Params, channel_axis
+from layers.base import FILLER, REQUIRED, Layer, Param, Params, channel_axis
 from layers.registry import register_layer
 
 
@@ -19,9 +19,20 @@ class InnerProduct(Layer):
     Params (inner_product_param): num_output (required), bias_term = true, weight_filler / bias_filler
     (default constant 0), axis = 1 (negative counts from the end), transpose = false.
     Blobs: weight (num_output, K), or (K, num_output) when transpose; bias (num_output,) when bias_term.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> ip = make_layer('type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 '
+        ...                 'weight_filler { type: "constant" value: 1 } bias_filler { type: "constant" value: 10 } }',
+        ...                 bottom_shapes=[(1, 3, 1, 1)])
+        >>> ip(torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)).tolist()   # (3, 1, 1) flattened: 1 + 2 + 3 + 10
+        [[16.0, 16.0]]
     """
-    params = Params("inner_product_param", num_output=P(int, REQUIRED), bias_term=P(bool, True),
-                    weight_filler=P(FILLER), bias_filler=P(FILLER), axis=P(int, 1), transpose=P(bool, False))
+    params = Params("inner_product_param", num_output=Param(int, REQUIRED), bias_term=Param(bool, True),
+                    weight_filler=Param(FILLER), bias_filler=Param(FILLER), axis=Param(int, 1),
+                    transpose=Param(bool, False))
 
     def setup(self, bottom_shapes):
         (shape,) = bottom_shapes

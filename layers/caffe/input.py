@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from layers.base import BLOB_SHAPE, FILLER, Layer, P, Params
+from layers.base import BLOB_SHAPE, FILLER, Layer, Param, Params
 from layers.fillers import fill
 from layers.registry import register_layer
 
@@ -22,7 +22,7 @@ class Input(Layer):
     Bottoms: none.  Tops: one or more blobs of the declared shapes (any batch size is accepted at run time).
     Params (input_param): shape (repeated BlobShape; one for all tops or one per top).
     """
-    params = Params("input_param", shape=P(BLOB_SHAPE, repeated=True))
+    params = Params("input_param", shape=Param(BLOB_SHAPE, repeated=True))
     num_bottoms = 0
     num_tops = (1, None)
     is_input = True
@@ -49,9 +49,10 @@ class DummyData(Layer):
     Params (dummy_data_param): data_filler (repeated FillerParameter; 0, 1 or one per top; default constant 0),
     shape (repeated BlobShape), or the legacy num/channels/height/width (repeated, 4-D).
     """
-    params = Params("dummy_data_param", data_filler=P(FILLER, repeated=True), shape=P(BLOB_SHAPE, repeated=True),
-                    num=P(int, repeated=True), channels=P(int, repeated=True), height=P(int, repeated=True),
-                    width=P(int, repeated=True))
+    params = Params("dummy_data_param", data_filler=Param(FILLER, repeated=True),
+                    shape=Param(BLOB_SHAPE, repeated=True), num=Param(int, repeated=True),
+                    channels=Param(int, repeated=True), height=Param(int, repeated=True),
+                    width=Param(int, repeated=True))
     num_bottoms = 0
     num_tops = (1, None)
 

@@ -12,12 +12,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from layers.base import Layer, P, Params, channel_axis
+from layers.base import Layer, Param, Params, channel_axis
 from layers.registry import register_layer
 
 NORMALIZATION = ("FULL", "VALID", "BATCH_SIZE", "NONE")
-LOSS_PARAM = Params("loss_param", ignore_label=P(int), normalization=P(NORMALIZATION, "VALID"),
-                    normalize=P(bool))
+LOSS_PARAM = Params("loss_param", ignore_label=Param(int), normalization=Param(NORMALIZATION, "VALID"),
+                    normalize=Param(bool))
 
 
 def _check_batch(layer: Layer, bottom_shapes) -> None:
@@ -77,9 +77,18 @@ class SoftmaxWithLoss(Layer):
     softmax_param { axis = 1, engine (ignored) }.
     Differs from Caffe: each term is exact log_softmax; Caffe takes log(max(p, FLT_MIN)), capping a term at
     about 87.3. No gradient flows to the labels.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> loss = make_layer('type: "SoftmaxWithLoss" bottom: "scores" bottom: "label" top: "loss"',
+        ...                   bottom_shapes=[(2, 4), (2,)])
+        >>> round(loss(torch.zeros(2, 4), torch.tensor([0.0, 3.0])).item(), 4)   # uniform over 4 classes: -log(1/4)
+        1.3863
     """
-    params = LOSS_PARAM + Params("softmax_param", engine=P(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"),
-                                 axis=P(int, 1))
+    params = LOSS_PARAM + Params("softmax_param", engine=Param(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"),
+                                 axis=Param(int, 1))
     num_bottoms = 2
     num_tops = (1, 2)
     is_loss = True
@@ -147,6 +156,15 @@ class EuclideanLoss(Layer):
 
     Bottoms: a (N, ...), b (N, ...) with the same count per item (shapes may differ, e.g. (N, 3) and
     (N, 3, 1, 1)).  Tops: loss (0-d).  Params: none.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> loss = make_layer('type: "EuclideanLoss" bottom: "a" bottom: "b" top: "loss"',
+        ...                   bottom_shapes=[(2, 2), (2, 2)])
+        >>> loss(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.zeros(2, 2)).item()   # (1 + 4 + 9 + 16) / (2 * 2)
+        7.5
     """
     num_bottoms = 2
     is_loss = True
@@ -172,8 +190,18 @@ class Accuracy(Layer):
     Bottoms: scores (N, C, ...), labels (N*... class ids as floats).
     Tops: accuracy (0-d); optional per-class accuracy (C,) (0 for a class with no positions).
     Params (accuracy_param): top_k = 1, axis = 1, ignore_label (none).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> acc = make_layer('type: "Accuracy" bottom: "scores" bottom: "label" top: "accuracy"',
+        ...                  bottom_shapes=[(2, 3), (2,)])
+        >>> scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])   # predicted classes 1 and 0
+        >>> acc(scores, torch.tensor([1.0, 2.0])).item()                 # labels 1 (right) and 2 (wrong)
+        0.5
     """
-    params = Params("accuracy_param", top_k=P(int, 1), axis=P(int, 1), ignore_label=P(int))
+    params = Params("accuracy_param", top_k=Param(int, 1), axis=Param(int, 1), ignore_label=Param(int))
     num_bottoms = 2
     num_tops = (1, 2)
 

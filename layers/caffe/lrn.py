@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from layers.base import Layer, P, Params
+from layers.base import Layer, Param, Params
 from layers.registry import register_layer
 
 
@@ -20,9 +20,9 @@ class LRN(Layer):
     Params (lrn_param): local_size = 5, alpha = 1, beta = 0.75, norm_region = ACROSS_CHANNELS
     (or WITHIN_CHANNEL), k = 1, engine (ignored).
     """
-    params = Params("lrn_param", local_size=P(int, 5), alpha=P(float, 1.0), beta=P(float, 0.75),
-                    norm_region=P(("ACROSS_CHANNELS", "WITHIN_CHANNEL"), "ACROSS_CHANNELS"), k=P(float, 1.0),
-                    engine=P(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"))
+    params = Params("lrn_param", local_size=Param(int, 5), alpha=Param(float, 1.0), beta=Param(float, 0.75),
+                    norm_region=Param(("ACROSS_CHANNELS", "WITHIN_CHANNEL"), "ACROSS_CHANNELS"), k=Param(float, 1.0),
+                    engine=Param(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"))
 
     def setup(self, bottom_shapes):
         n = self.p.local_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from layers.base import FILLER, Layer, P, Params, channel_axis
+from layers.base import FILLER, Layer, Param, Params, channel_axis
 from layers.registry import register_layer
 
 
@@ -25,9 +25,18 @@ class BatchNorm(Layer):
     Blobs (buffers, never learned): mean (C,), variance (C,), scale_factor (1,).
     As in Caffe the statistics update whenever use_global_stats is false, also in a TEST net that sets it
     explicitly; a param { } entry with lr_mult != 0 is an error.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> bn = make_layer('type: "BatchNorm" bottom: "x" top: "y"', bottom_shapes=[(1, 2)], phase="TEST")
+        >>> bn.mean[:], bn.variance[:], bn.scale_factor[:] = torch.tensor([2.0, 4.0]), torch.tensor([8.0, 2.0]), 2.0
+        >>> bn(torch.tensor([[5.0, 0.0]])).round(decimals=4).tolist()   # sums / 2: mean (1, 2), var (4, 1)
+        [[2.0, -2.0]]
     """
-    params = Params("batch_norm_param", use_global_stats=P(bool, False), moving_average_fraction=P(float, 0.999),
-                    eps=P(float, 1e-5))
+    params = Params("batch_norm_param", use_global_stats=Param(bool, False),
+                    moving_average_fraction=Param(float, 0.999), eps=Param(float, 1e-5))
 
     def __init__(self, spec, *args, **kwargs):
         super().__init__(spec, *args, **kwargs)
@@ -108,9 +117,18 @@ class Scale(Layer):
     Params (scale_param): axis = 1, num_axes = 1, filler (default constant 1), bias_term = false,
     bias_filler (default constant 0).
     Blobs: gamma (without a second bottom), then beta (if bias_term, gamma's shape).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> scale = make_layer('type: "Scale" bottom: "x" bottom: "gamma" top: "y" scale_param { bias_term: true '
+        ...                    'bias_filler { type: "constant" value: 0.5 } }', bottom_shapes=[(1, 2, 1), (2,)])
+        >>> scale(torch.ones(1, 2, 1), torch.tensor([2.0, 3.0])).tolist()   # x * gamma (one per channel) + beta
+        [[[2.5], [3.5]]]
     """
-    params = Params("scale_param", axis=P(int, 1), num_axes=P(int, 1), filler=P(FILLER), bias_term=P(bool, False),
-                    bias_filler=P(FILLER))
+    params = Params("scale_param", axis=Param(int, 1), num_axes=Param(int, 1), filler=Param(FILLER),
+                    bias_term=Param(bool, False), bias_filler=Param(FILLER))
     num_bottoms = (1, 2)
 
     def setup(self, bottom_shapes):
@@ -141,7 +159,7 @@ class Bias(Layer):
     Params (bias_param): axis = 1, num_axes = 1, filler (default constant 0).
     Blobs: bias (without a second bottom).
     """
-    params = Params("bias_param", axis=P(int, 1), num_axes=P(int, 1), filler=P(FILLER))
+    params = Params("bias_param", axis=Param(int, 1), num_axes=Param(int, 1), filler=Param(FILLER))
     num_bottoms = (1, 2)
 
     def setup(self, bottom_shapes):

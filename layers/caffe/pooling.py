@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from layers.base import Layer, P, Params
+from layers.base import Layer, Param, Params
 from layers.registry import register_layer
 
 FLT_MAX = 3.4028234663852886e38  # Caffe starts every MAX window at -FLT_MAX (also for double)
@@ -67,13 +67,22 @@ class Pooling(Layer):
     Differences from Caffe: kernel_size together with a lone kernel_h or kernel_w is an error (Caffe ignores
     the lone one); a NaN input wins its MAX window (Caffe skips it). Ties pick the first maximum in row-major
     order, as Caffe.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> pool = make_layer('type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 '
+        ...                   'stride: 2 }', bottom_shapes=[(1, 1, 4, 4)])
+        >>> pool(torch.arange(16.0).view(1, 1, 4, 4)).tolist()   # rows 0-3, 4-7, 8-11, 12-15: max of each 2x2 block
+        [[[[5.0, 7.0], [13.0, 15.0]]]]
     """
-    params = Params("pooling_param", pool=P(("MAX", "AVE", "STOCHASTIC"), "MAX"),
-                    pad=P(int, 0), pad_h=P(int, 0), pad_w=P(int, 0),
-                    kernel_size=P(int, 0), kernel_h=P(int, 0), kernel_w=P(int, 0),
-                    stride=P(int, 1), stride_h=P(int, 0), stride_w=P(int, 0),
-                    engine=P(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"), global_pooling=P(bool, False),
-                    round_mode=P(("CEIL", "FLOOR"), "CEIL"))
+    params = Params("pooling_param", pool=Param(("MAX", "AVE", "STOCHASTIC"), "MAX"),
+                    pad=Param(int, 0), pad_h=Param(int, 0), pad_w=Param(int, 0),
+                    kernel_size=Param(int, 0), kernel_h=Param(int, 0), kernel_w=Param(int, 0),
+                    stride=Param(int, 1), stride_h=Param(int, 0), stride_w=Param(int, 0),
+                    engine=Param(("DEFAULT", "CAFFE", "CUDNN"), "DEFAULT"), global_pooling=Param(bool, False),
+                    round_mode=Param(("CEIL", "FLOOR"), "CEIL"))
     num_tops = (1, 2)
 
     def setup(self, bottom_shapes):

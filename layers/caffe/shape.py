@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from layers.base import BLOB_SHAPE, Layer, P, Params, Shape, channel_axis
+from layers.base import BLOB_SHAPE, Layer, Param, Params, Shape, channel_axis
 from layers.registry import register_layer
 
 
@@ -32,8 +32,16 @@ class Concat(Layer):
     Tops: y, whose `axis` dim is the sum of the bottoms' (other dims unchanged).
     Params (concat_param): axis = 1 (negative counts from the end), concat_dim = 1 (deprecated alias of
     axis, not negative; giving both is an error).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> concat = make_layer('type: "Concat" bottom: "a" bottom: "b" top: "y"', bottom_shapes=[(2, 1), (2, 2)])
+        >>> concat(torch.zeros(2, 1), torch.ones(2, 2)).tolist()   # along axis 1: 1 + 2 columns
+        [[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
     """
-    params = Params("concat_param", axis=P(int, 1), concat_dim=P(int, 1))
+    params = Params("concat_param", axis=Param(int, 1), concat_dim=Param(int, 1))
     num_bottoms = (1, None)
 
     def setup(self, bottom_shapes):
@@ -58,8 +66,18 @@ class Slice(Layer):
     Params (slice_param): axis = 1 (negative counts from the end), slice_point (repeated, increasing,
     strictly inside the axis), slice_dim = 1 (deprecated alias of axis, not negative; not both).
     Differs from Caffe: a slice point equal to the axis dim (an empty last top) is an error.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> slice_ = make_layer('type: "Slice" bottom: "x" top: "a" top: "b" slice_param { slice_point: 1 }',
+        ...                     bottom_shapes=[(1, 3)])
+        >>> a, b = slice_(torch.tensor([[1.0, 2.0, 3.0]]))   # along axis 1: [0, 1) and [1, 3)
+        >>> a.tolist(), b.tolist()
+        ([[1.0]], [[2.0, 3.0]])
     """
-    params = Params("slice_param", axis=P(int, 1), slice_point=P(int, repeated=True), slice_dim=P(int, 1))
+    params = Params("slice_param", axis=Param(int, 1), slice_point=Param(int, repeated=True), slice_dim=Param(int, 1))
     num_tops = (1, None)
 
     def setup(self, bottom_shapes):
@@ -104,8 +122,16 @@ class Flatten(Layer):
 
     Bottoms: x.  Tops: y (same data, fewer axes).
     Params (flatten_param): axis = 1, end_axis = -1 (both inclusive; negative counts from the end).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> flatten = make_layer('type: "Flatten" bottom: "x" top: "y"', bottom_shapes=[(2, 3, 4, 5)])
+        >>> flatten(torch.zeros(2, 3, 4, 5)).shape   # axes 1..-1 merged: 3 * 4 * 5
+        torch.Size([2, 60])
     """
-    params = Params("flatten_param", axis=P(int, 1), end_axis=P(int, -1))
+    params = Params("flatten_param", axis=Param(int, 1), end_axis=Param(int, -1))
 
     def setup(self, bottom_shapes):
         ndim = len(bottom_shapes[0])
@@ -129,8 +155,19 @@ class Reshape(Layer):
     Params (reshape_param): shape (BlobShape), axis = 0 (negative: -1 starts after the last axis, -2 before
     it, ...), num_axes = -1 (all axes from `axis` on).  The shape is recomputed for each input, so a new
     batch size passes through a 0 or -1 dim.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> reshape = make_layer('type: "Reshape" bottom: "x" top: "y" '
+        ...                      'reshape_param { shape { dim: 0 dim: 2 dim: -1 } }', bottom_shapes=[(2, 8)])
+        >>> reshape(torch.zeros(2, 8)).shape   # 0 copies the 2, -1 is inferred: 16 / (2 * 2)
+        torch.Size([2, 2, 4])
+        >>> reshape(torch.zeros(5, 8)).shape   # a new batch size passes through the 0
+        torch.Size([5, 2, 4])
     """
-    params = Params("reshape_param", shape=P(BLOB_SHAPE), axis=P(int, 0), num_axes=P(int, -1))
+    params = Params("reshape_param", shape=Param(BLOB_SHAPE), axis=Param(int, 0), num_axes=Param(int, -1))
 
     def setup(self, bottom_shapes):
         dims = list(self.p.shape.dim)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from layers.base import REQUIRED, Layer, P, Params
+from layers.base import REQUIRED, Layer, Param, Params
 from layers.hand.readers import resize_square, sample_indices
 from layers.hand.rhd.memo import atomic_write_bytes
 from layers.hand.skeleton import BONES, KEYPOINT_NAMES, NUM_JOINTS, finger_of
@@ -201,8 +201,8 @@ class DeepHandModelOutputHeatmapSepChannel(Layer):
     Differs from the original: values are rounded and clamped to 0..255 (the original truncated, and wrapped
     above 1); joint folders and files are created as needed and written atomically; runs on CPU copies.
     """
-    params = Params("deep_hand_model_output_heatmap_sep_channel_param", save_path=P(str, REQUIRED),
-                    save_size=P(int, 0), heatmap_size=P(int, 0), montage=P(bool, True))
+    params = Params("deep_hand_model_output_heatmap_sep_channel_param", save_path=Param(str, REQUIRED),
+                    save_size=Param(int, 0), heatmap_size=Param(int, 0), montage=Param(bool, True))
     num_bottoms = (2, 3)
     num_tops = 0
 
@@ -243,9 +243,9 @@ class DeepHandModelOutputHeatmapSepChannel(Layer):
         return ()
 
 
-SKELETON_PARAMS = dict(save_path=P(str, REQUIRED), show_gt=P(bool, True), save_size=P(int, 0),
-                       skeleton_size=P(int, 0), coords=P(("CROP", "PIXEL"), "CROP"), line_width=P(int, 0),
-                       circle_radius=P(int, 0))
+SKELETON_PARAMS = dict(save_path=Param(str, REQUIRED), show_gt=Param(bool, True), save_size=Param(int, 0),
+                       skeleton_size=Param(int, 0), coords=Param(("CROP", "PIXEL"), "CROP"), line_width=Param(int, 0),
+                       circle_radius=Param(int, 0))
 
 
 @register_layer("DrawSkeleton")
@@ -341,8 +341,8 @@ class DeepHandModelOutputJointOnSkeletonMapRHD(DrawSkeleton):
     atomically.
     """
     params = Params("deep_hand_model_output_joint_on_skeleton_rhd_param",
-                    **{**SKELETON_PARAMS, "show_gt": P(bool, False), "save_size": P(int, 224),
-                       "skeleton_size": P(int, 224)})
+                    **{**SKELETON_PARAMS, "show_gt": Param(bool, False), "save_size": Param(int, 224),
+                       "skeleton_size": Param(int, 224)})
     num_bottoms = (4, 5)
 
     def bottom_roles(self, n: int) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from layers.hand import metrics
-from nets.errors import NetError
+from netdef.errors import NetError
 
 ROLES = ("pred_2d", "gt_2d", "pred_3d", "gt_3d", "visibility", "ambiguous")
 # blobs for the debug images: the crop (B, 3, S, S), 2D in crop units, the normalised heatmaps

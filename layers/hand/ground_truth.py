@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from layers.base import Layer, P, Params, Shape
+from layers.base import Layer, Param, Params, Shape
 from layers.hand.skeleton import REF_BONE, ROOT
 from layers.registry import register_layer
 
@@ -60,8 +60,18 @@ class HandScale(Layer):
     Tops: scale (B, 1), in the joints' unit.
     Params (hand_scale_param): n = 8 (index MCP), m = 0 (wrist): the reference bone of SPEC section 1.
     Coinciding joints n and m give s = 0 (and a zero gradient).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> hand_scale = make_layer('type: "HandScale" bottom: "joints_3d" top: "scale"', bottom_shapes=[(1, 63)])
+        >>> joints = torch.zeros(1, 21, 3)                    # 21 joints, x y z; the wrist (0) at the origin
+        >>> joints[0, 8] = torch.tensor([30.0, 40.0, 0.0])    # the index MCP (8), 50 mm from the wrist
+        >>> hand_scale(joints.view(1, 63)).tolist()
+        [[50.0]]
     """
-    params = Params("hand_scale_param", n=P(int, REF_BONE[0]), m=P(int, REF_BONE[1]))
+    params = Params("hand_scale_param", n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]))
 
     def setup(self, bottom_shapes):
         k = _num_joints_3d(self, bottom_shapes[0])
@@ -86,7 +96,7 @@ class DeepHandModelCalcNormScale(HandScale):
     Differs from the original: each sample gets its own scale (the original used sample 0's joints for the
     whole batch), and the gradient flows (the original's backward was empty). Coinciding joints give inf.
     """
-    params = Params("deep_hand_model_calc_norm_scale_param", n=P(int, REF_BONE[0]), m=P(int, REF_BONE[1]))
+    params = Params("deep_hand_model_calc_norm_scale_param", n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]))
 
     def forward(self, joints_3d):
         return 1.0 / super().forward(joints_3d)
@@ -108,9 +118,20 @@ class NormalizedRootDepth(Layer):
     depth_upper_bound = 3.270 (the author's range: his net adds 3.269 and multiplies by 1/6.539).
     Replaces the author's chain Slice / ScaleVector(-1) / AddVectorBySingleVector / ScaleVectorBySingleVector
     (by 1/s) / AddVectorByConstant(3.269) / ScaleVector(1/6.539). z01's gradient is 0 where it is clamped.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> depth = make_layer('type: "NormalizedRootDepth" bottom: "joints_3d" bottom: "scale" top: "z01" top: "zr" '
+        ...                    'normalized_root_depth_param { depth_lower_bound: -1 depth_upper_bound: 1 }',
+        ...                    bottom_shapes=[(1, 6), (1, 1)])
+        >>> z01, zr = depth(torch.tensor([[0.0, 0.0, 500.0, 0.0, 0.0, 525.0]]), torch.tensor([[50.0]]))
+        >>> zr.tolist(), z01.tolist()   # zr = (Z - Z_root) / s;  z01 = (zr - -1) / (1 - -1)
+        ([[0.0, 0.5]], [[0.5, 0.75]])
     """
-    params = Params("normalized_root_depth_param", root_joint_id=P(int, ROOT),
-                    depth_lower_bound=P(float, DEPTH_LB), depth_upper_bound=P(float, DEPTH_UB))
+    params = Params("normalized_root_depth_param", root_joint_id=Param(int, ROOT),
+                    depth_lower_bound=Param(float, DEPTH_LB), depth_upper_bound=Param(float, DEPTH_UB))
     num_bottoms = 2
     num_tops = (1, 2)
 
@@ -145,8 +166,18 @@ class GenHeatmap(Layer):
     Tops: heatmaps (B, K, S, S).
     Params (gen_heatmap_param): gen_size S = 64, render_sigma = 0.08 (in crop units: 0.08 * 64 = 5.12 px).
     Differentiable in the 2D input.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> gen = make_layer('type: "GenHeatmap" bottom: "uv" top: "heatmaps" gen_heatmap_param { gen_size: 4 }',
+        ...                  bottom_shapes=[(1, 2)])
+        >>> h = gen(torch.tensor([[0.75, 0.25]]))    # one joint at u' = 3 / 4, v' = 1 / 4
+        >>> h.shape, (h == h.max()).nonzero().tolist()   # peak 1 at row 1, column 3
+        (torch.Size([1, 1, 4, 4]), [[0, 0, 1, 3]])
     """
-    params = Params("gen_heatmap_param", gen_size=P(int, 64), render_sigma=P(float, 0.08))
+    params = Params("gen_heatmap_param", gen_size=Param(int, 64), render_sigma=Param(float, 0.08))
 
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -177,8 +208,8 @@ class DeepHandModelGenHeatmapAllChannels(GenHeatmap):
     Params (deep_hand_model_gen_heatmap_all_channels_param): gen_size = 64, render_sigma = 0.08 (his net's
     values). Same as the original's forward; the original computed in float whatever the blob dtype.
     """
-    params = Params("deep_hand_model_gen_heatmap_all_channels_param", gen_size=P(int, 64),
-                    render_sigma=P(float, 0.08))
+    params = Params("deep_hand_model_gen_heatmap_all_channels_param", gen_size=Param(int, 64),
+                    render_sigma=Param(float, 0.08))
 
 
 # ------------------------------------------------------------------------------------------ step 11: depth maps
@@ -196,8 +227,8 @@ class GenDepthMap(Layer):
     Params (gen_depth_map_param): depth_lower_bound = -3.269, depth_upper_bound = 3.270 (the author's range).
     Differentiable in both bottoms (in z only where it is not clamped).
     """
-    params = Params("gen_depth_map_param", depth_lower_bound=P(float, DEPTH_LB),
-                    depth_upper_bound=P(float, DEPTH_UB))
+    params = Params("gen_depth_map_param", depth_lower_bound=Param(float, DEPTH_LB),
+                    depth_upper_bound=Param(float, DEPTH_UB))
     num_bottoms = 2
 
     def setup(self, bottom_shapes):
@@ -225,8 +256,8 @@ class DeepHandModelGenDepthMap(GenDepthMap):
     must match them (the original took K from the depth bottom and S from map_size without checking,
     reading out of bounds on a mismatch).
     """
-    params = Params("deep_hand_model_gen_depth_map_param", map_size=P(int, 64), joint_num=P(int, 21),
-                    depth_lower_bound=P(float, 0.0), depth_upper_bound=P(float, 1.0))
+    params = Params("deep_hand_model_gen_depth_map_param", map_size=Param(int, 64), joint_num=Param(int, 21),
+                    depth_lower_bound=Param(float, 0.0), depth_upper_bound=Param(float, 1.0))
 
     def setup(self, bottom_shapes):
         super().setup(bottom_shapes)
@@ -281,7 +312,7 @@ class AddVectorByConstant(_VectorLayer):
 
     Bottoms: x (B, N).  Tops: y (B, N).  Params (add_vector_by_constant_param): add_value = 0.
     """
-    params = Params("add_vector_by_constant_param", add_value=P(float, 0.0))
+    params = Params("add_vector_by_constant_param", add_value=Param(float, 0.0))
 
     def forward(self, x):
         return x + self.p.add_value
@@ -293,7 +324,7 @@ class ScaleVector(_VectorLayer):
 
     Bottoms: x (B, N).  Tops: y (B, N).  Params (scale_vector_param): scale_factor = 1.
     """
-    params = Params("scale_vector_param", scale_factor=P(float, 1.0))
+    params = Params("scale_vector_param", scale_factor=Param(float, 1.0))
 
     def forward(self, x):
         return x * self.p.scale_factor

@@ -1,9 +1,10 @@
 """Memo step 1: which samples go into the batch. Index generators (sources without bottoms) and the author's
 CrossValidationRandomChooseIndex.
 
-All of them run in the main process (they keep state) and expose get_state() -> dict of plain python values
-and set_state(dict), so a training snapshot restores the exact continuation of the index stream. Their top is
-a (B, 1) blob of sample indices in the default float dtype, on the CPU (Caffe passes indices as floats).
+All of them are stateful source layers (layers.base.SourceLayer): they run in the main process and expose
+get_state() -> dict of plain python values and set_state(dict), so a training snapshot restores the exact
+continuation of the index stream. Their top is a (B, 1) blob of sample indices in the default float dtype, on
+the CPU (Caffe passes indices as floats).
 
 Random layers own a numpy Generator (PCG64). Without an explicit `seed` it is seeded from torch's initial seed
 (so the solver's random_seed, or torch.manual_seed before the net is built, governs it) mixed with the layer
@@ -18,10 +19,10 @@ import zlib
 import numpy as np
 import torch
 
-from layers.base import REQUIRED, Layer, P, Params
+from layers.base import REQUIRED, Layer, Param, Params, SourceLayer
 from layers.hand.rhd import memo
 from layers.registry import register_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 
 
 def _rng(layer: Layer, seed: int) -> np.random.Generator:
@@ -49,7 +50,7 @@ class _RandomState:
 
 
 @register_layer("GenRandIndex", aliases=("DeepHandModelGenRandIndex",))
-class GenRandIndex(_RandomState, Layer):
+class GenRandIndex(_RandomState, SourceLayer):
     """Random sample indices, uniform over the allowed set (memo step 1, training).
 
     Allowed set: the integers in [index_lower_bound, index_upper_bound], or, with index_file, the (distinct)
@@ -65,11 +66,11 @@ class GenRandIndex(_RandomState, Layer):
       seed = -1 (new: < 0 derives it from torch's initial seed and the layer name).
     Differs from the original: seedable and restorable (the original reseeded rand() with time(0) every batch).
     """
-    params = Params("gen_rand_index_param", index_lower_bound=P(int, 1), index_upper_bound=P(int, 10000),
-                    batch_size=P(int, 16), missing_index_file=P(str, ""), rand_generator_option=P(int, 0),
-                    index_file=P(str, ""), seed=P(int, -1))
+    params = Params("gen_rand_index_param", index_lower_bound=Param(int, 1), index_upper_bound=Param(int, 10000),
+                    batch_size=Param(int, 16), missing_index_file=Param(str, ""), rand_generator_option=Param(int, 0),
+                    index_file=Param(str, ""), seed=Param(int, -1))
     num_bottoms = 0
-    is_source = True
+    stateful = True
 
     def setup(self, bottom_shapes):
         p = self.p
@@ -111,12 +112,12 @@ class GenRandIndex(_RandomState, Layer):
         return _index_top(out)
 
 
-class _CursorIndex(Layer):
+class _CursorIndex(SourceLayer):
     """Steps through num positions cyclically; the cursor (the last position given out, -1 before the first)
     is kept in memory, in get_state, and, when current_index_file_path is set, in that text file ("%d\\n",
     rewritten atomically after each batch and read at construction, so a restarted run continues)."""
     num_bottoms = 0
-    is_source = True
+    stateful = True
 
     def _start_cursor(self, num: int) -> None:
         if self.p.batch_size < 1:
@@ -172,8 +173,8 @@ class GenSequentialIndex(_CursorIndex):
     Differs from the original: the cursor file is optional and need not exist beforehand; it is written once
     per batch, atomically.
     """
-    params = Params("gen_sequential_index_param", batch_size=P(int, 16), current_index_file_path=P(str, ""),
-                    num_of_samples=P(int, 1000), start_index=P(int, 0))
+    params = Params("gen_sequential_index_param", batch_size=Param(int, 16), current_index_file_path=Param(str, ""),
+                    num_of_samples=Param(int, 1000), start_index=Param(int, 0))
 
     def setup(self, bottom_shapes):
         if self.p.start_index < 0:
@@ -195,8 +196,8 @@ class ReadIndexFromFile(_CursorIndex):
     Differs from the original: num_of_samples defaults to the list's length (the original: 100) and may not
     exceed it; the list wraps around instead of reading past its end.
     """
-    params = Params("read_index_from_file_param", index_file_path=P(str, REQUIRED),
-                    current_index_file_path=P(str, ""), batch_size=P(int, 16), num_of_samples=P(int, 0))
+    params = Params("read_index_from_file_param", index_file_path=Param(str, REQUIRED),
+                    current_index_file_path=Param(str, ""), batch_size=Param(int, 16), num_of_samples=Param(int, 0))
 
     def setup(self, bottom_shapes):
         try:
@@ -216,7 +217,7 @@ class ReadIndexFromFile(_CursorIndex):
 
 
 @register_layer("CrossValidationRandomChooseIndex")
-class CrossValidationRandomChooseIndex(_RandomState, Layer):
+class CrossValidationRandomChooseIndex(_RandomState, SourceLayer):
     """One entry per row, picked uniformly at random: top[b] = bottom[b, c_b], c_b ~ U{0..K-1} independently.
     The author's nets concatenate several GenRandIndex blobs (one per index range) along axis 1 and pick one
     range per sample with this layer.
@@ -229,8 +230,8 @@ class CrossValidationRandomChooseIndex(_RandomState, Layer):
     Differs from the original: seeded once instead of srand(time(0)) at every batch (which repeated the same
     choices within one second).
     """
-    params = Params("cross_validation_random_choose_index_param", seed=P(int, -1))
-    is_source = True
+    params = Params("cross_validation_random_choose_index_param", seed=Param(int, -1))
+    stateful = True
 
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]

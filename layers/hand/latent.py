@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from layers.base import FILLER, Layer, P, Params, Shape
+from layers.base import FILLER, Layer, Param, Params, Shape
 from layers.hand.ground_truth import DEPTH_LB, DEPTH_UB, _check_range
 from layers.registry import register_layer
 
@@ -64,9 +64,20 @@ class SoftArgmax(Layer):
     The softmax is computed stably (max-shifted, i.e. exp(x - logsumexp x)). In SUM mode each map's sum is
     floored at 1e-12, so an all-zero map (sigmoid: false) gives all-zero weights and u' = v' = 0, not NaN; the
     maps must be non-negative there.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> soft_argmax = make_layer('type: "SoftArgmax" bottom: "h" top: "hn" top: "uv"', bottom_shapes=[(1, 1, 4, 4)])
+        >>> h = torch.zeros(1, 1, 4, 4)
+        >>> h[0, 0, 1, 3] = 100.0                 # a sharp peak at row 1, column 3 of a 4 x 4 map
+        >>> hn, uv = soft_argmax(h)
+        >>> uv.round(decimals=4).tolist()         # (u', v') = (3 / 4, 1 / 4)
+        [[0.75, 0.25]]
     """
-    params = Params("soft_argmax_param", normalization=P(("SOFTMAX", "SUM"), "SOFTMAX"), beta_filler=P(FILLER),
-                    sigmoid=P(bool, True))
+    params = Params("soft_argmax_param", normalization=Param(("SOFTMAX", "SUM"), "SOFTMAX"), beta_filler=Param(FILLER),
+                    sigmoid=Param(bool, True))
     num_tops = 2
 
     def setup(self, bottom_shapes):
@@ -103,8 +114,20 @@ class LatentDepth(Layer):
     before the mapping (what the maps encode; compare it with NormalizedRootDepth's z01).
     Params (latent_depth_param): depth_lower_bound = -3.269, depth_upper_bound = 3.270 (the names and the
     author's range of GenDepthMap / NormalizedRootDepth). Not clamped: differentiable everywhere.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> latent = make_layer('type: "LatentDepth" bottom: "hn" bottom: "d" top: "zr" top: "z01" '
+        ...                     'latent_depth_param { depth_lower_bound: -1 depth_upper_bound: 1 }',
+        ...                     bottom_shapes=[(1, 1, 2, 2), (1, 1, 2, 2)])
+        >>> hn, d = torch.full((1, 1, 2, 2), 0.25), torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])   # uniform Hn; D
+        >>> [top.tolist() for top in latent(hn, d)]   # zr = z01 * (1 - -1) + -1, z01 = sum Hn D = 3 / 4
+        [[[0.5]], [[0.75]]]
     """
-    params = Params("latent_depth_param", depth_lower_bound=P(float, DEPTH_LB), depth_upper_bound=P(float, DEPTH_UB))
+    params = Params("latent_depth_param", depth_lower_bound=Param(float, DEPTH_LB),
+                    depth_upper_bound=Param(float, DEPTH_UB))
     num_bottoms = 2
     num_tops = (1, 2)
 
@@ -135,7 +158,7 @@ class EltAddChannels(Layer):
     Differs from the original: a range outside the bottom's channels is an error (the original summed only the
     channels that exist, silently giving zeros for an empty range).
     """
-    params = Params("elt_add_channels_param", dim_lb=P(int, 0), dim_ub=P(int, 0))
+    params = Params("elt_add_channels_param", dim_lb=Param(int, 0), dim_ub=Param(int, 0))
 
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]

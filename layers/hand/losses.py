@@ -21,6 +21,16 @@ class L1Loss(Layer):
     Gradients flow to a and b (sign(a - b) w / N, 0 where a = b); none to the weights (constants, like
     a label). The loss is not divided by the weights' sum, so a batch with
     fewer visible keypoints weighs less, as in the mean of the per-sample sums.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> l1 = make_layer('type: "L1Loss" bottom: "a" bottom: "b" bottom: "w" top: "loss"',
+        ...                 bottom_shapes=[(2, 4), (2, 4), (2, 2)])
+        >>> a, w = torch.tensor([[1.0, -1.0, 5.0, 5.0], [2.0, 0.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+        >>> l1(a, torch.zeros(2, 4), w).item()   # w weights (u, v) pairs: (|1| + |-1| + 0 + |2|) / 2 samples
+        2.0
     """
     num_bottoms = (2, 3)
     is_loss = True

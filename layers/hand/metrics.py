@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from layers.base import Layer, P, Params
+from layers.base import Layer, Param, Params
 from layers.hand.skeleton import ROOT
 from layers.registry import register_layer
 
@@ -231,6 +231,14 @@ class EPE2D(_Metric):
     Bottoms: pred (B, 2K), gt (B, 2K) u, v per keypoint; optional vis (B, K) 0/1.
     Tops: epe () scalar; NaN when no keypoint is visible.  Params: none.
     Not differentiable (a metric: no gradient flows).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> epe = make_layer('type: "EPE2D" bottom: "pred" bottom: "gt" top: "epe"', bottom_shapes=[(1, 4), (1, 4)])
+        >>> epe(torch.tensor([[3.0, 4.0, 1.0, 1.0]]), torch.tensor([[0.0, 0.0, 1.0, 1.0]])).item()   # errors 5 and 0
+        2.5
     """
 
     def errors(self, pred, gt):
@@ -246,8 +254,18 @@ class EPE3D(_Metric):
     Tops: epe () scalar; NaN when no keypoint is visible.
     Params (epe_3d_param): root_relative = true, root_joint_id = 0 (the wrist).
     Not differentiable (a metric: no gradient flows).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> epe = make_layer('type: "EPE3D" bottom: "pred" bottom: "gt" top: "epe"', bottom_shapes=[(1, 6), (1, 6)])
+        >>> gt = torch.tensor([[0.0, 0.0, 500.0, 0.0, 0.0, 600.0]])            # 2 joints (mm); joint 0 is the root
+        >>> pred = gt + torch.tensor([[10.0, 10.0, 10.0, 13.0, 14.0, 10.0]])   # all + 10, joint 1 also + (3, 4, 0)
+        >>> epe(pred, gt).item()                                               # root-relative errors 0 and 5
+        2.5
     """
-    params = Params("epe_3d_param", root_relative=P(bool, True), root_joint_id=P(int, ROOT))
+    params = Params("epe_3d_param", root_relative=Param(bool, True), root_joint_id=Param(int, ROOT))
     dim = 3
 
     def setup(self, bottom_shapes):
@@ -276,10 +294,21 @@ class PCK3D(EPE3D):
       repeated threshold (explicit, increasing; replaces min/max/step); auc_min = 20, auc_max = 50;
       root_relative = true, root_joint_id = 0.
     Not differentiable (a metric: no gradient flows).
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> pck = make_layer('type: "PCK3D" bottom: "pred" bottom: "gt" top: "pck" top: "auc" '
+        ...                  'pck_3d_param { threshold: 0 threshold: 10 auc_min: 0 auc_max: 10 }',
+        ...                  bottom_shapes=[(1, 6), (1, 6)])
+        >>> curve, auc = pck(torch.tensor([[0.0, 0.0, 0.0, 3.0, 4.0, 0.0]]), torch.zeros(1, 6))   # errors 0 and 5 mm
+        >>> curve.tolist(), auc.item()   # half within 0 mm, all within 10 mm; area (0.5 + 1) / 2
+        ([0.5, 1.0], 0.75)
     """
-    params = Params("pck_3d_param", threshold_min=P(float, 0.0), threshold_max=P(float, 50.0),
-                    threshold_step=P(float, 1.0), threshold=P(float, repeated=True), auc_min=P(float, 20.0),
-                    auc_max=P(float, 50.0), root_relative=P(bool, True), root_joint_id=P(int, ROOT))
+    params = Params("pck_3d_param", threshold_min=Param(float, 0.0), threshold_max=Param(float, 50.0),
+                    threshold_step=Param(float, 1.0), threshold=Param(float, repeated=True), auc_min=Param(float, 20.0),
+                    auc_max=Param(float, 50.0), root_relative=Param(bool, True), root_joint_id=Param(int, ROOT))
     num_tops = (1, 2)
 
     def setup(self, bottom_shapes):

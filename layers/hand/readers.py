@@ -10,8 +10,9 @@ packed: false reads ROOT/<split>/all_hand/<field>/<idx>.txt|png (and matlab_gt_c
 true reads ROOT/<split>/all_hand/packed.h5 (memo.packed_path). Nothing is opened at build: files are read at
 forward, so a net builds without its data.
 
-Readers are sources (is_source): pure functions of the index blob, fit to run in DataLoader worker processes
-(the HDF5 handle is opened per process, never pickled). Bottom: index (B, 1), non-negative integer values.
+Readers are stateless source layers (layers.base.SourceLayer): pure functions of the index blob, fit to run in
+DataLoader worker processes (the HDF5 handle is opened per process, never pickled). Bottom: index (B, 1),
+non-negative integer values.
 Tops are (B, ...) in the index blob's float dtype (the default dtype for an integer blob), on its device;
 numbers go through float32 (as the packed file and Caffe's float blobs hold them), so both layouts agree
 bit for bit. A batch may repeat an index: each distinct sample is read once and the rows come back in the
@@ -28,14 +29,14 @@ import cv2
 import numpy as np
 import torch
 
-from layers.base import REQUIRED, Layer, P, Params
+from layers.base import REQUIRED, Layer, Param, Params, SourceLayer
 from layers.hand.rhd import memo
 from layers.hand.rhd.packed import packed_file
 from layers.hand.skeleton import NUM_BONES, NUM_JOINTS
 from layers.registry import register_layer
-from nets.errors import NetError
+from netdef.errors import NetError
 
-RHD_DATA = Params("rhd_data_param", root=P(str, ""), split=P(str, "training"), packed=P(bool, False))
+RHD_DATA = Params("rhd_data_param", root=Param(str, ""), split=Param(str, "training"), packed=Param(bool, False))
 
 
 def sample_indices(layer: Layer, index: torch.Tensor) -> np.ndarray:
@@ -83,10 +84,9 @@ def _out_dtype(index: torch.Tensor) -> torch.dtype:
     return index.dtype if index.is_floating_point() else torch.get_default_dtype()
 
 
-class _Reader(Layer):
+class _Reader(SourceLayer):
     """Base: index (B, 1) -> (B, *sample_shape). Subclasses set sample_shape and define read(uniq), which
     returns one row per distinct sorted index."""
-    is_source = True
     sample_shape: tuple[int, ...] = ()
 
     def setup(self, bottom_shapes):
@@ -162,8 +162,8 @@ class ReadImage(_RhdReader):
     Differs from the original: it resized with bilinear always (aliasing when shrinking); grey or 4-channel
     files are converted to BGR; a missing or corrupt file is an error naming it, not a crash.
     """
-    params = Params("read_image_param", read_path=P(str, ""), resize_size=P(int, 224), zero_pad=P(int, 0),
-                    image_suffix=P(str, ".png")) + RHD_DATA
+    params = Params("read_image_param", read_path=Param(str, ""), resize_size=Param(int, 224), zero_pad=Param(int, 0),
+                    image_suffix=Param(str, ".png")) + RHD_DATA
 
     def setup(self, bottom_shapes):
         _Reader.setup(self, bottom_shapes)
@@ -336,7 +336,7 @@ class ReadBlobFromFileIndexing(_Reader):
     Differs from the original: the file must hold exactly num_to_read numbers (the original read the first
     num_to_read and ignored the rest, or read garbage when there were fewer).
     """
-    params = Params("read_blob_from_file_indexing_param", file_prefix=P(str, REQUIRED), num_to_read=P(int, 21))
+    params = Params("read_blob_from_file_indexing_param", file_prefix=Param(str, REQUIRED), num_to_read=Param(int, 21))
 
     def setup(self, bottom_shapes):
         super().setup(bottom_shapes)
@@ -350,7 +350,7 @@ class ReadBlobFromFileIndexing(_Reader):
 
 
 @register_layer("ReadBlobFromFile")
-class ReadBlobFromFile(Layer):
+class ReadBlobFromFile(SourceLayer):
     """The author's constant reader: the num_to_read numbers of one file, the same row batch_size times
     (e.g. avg_bone.txt, 20 numbers). Values go through float32, as in the readers above.
 
@@ -358,10 +358,9 @@ class ReadBlobFromFile(Layer):
     Params (read_blob_from_file_param): file_path (required), num_to_read = 21, batch_size = 16.
     A stateless source: get_state() is {} (it has no cursor to restore).
     """
-    params = Params("read_blob_from_file_param", file_path=P(str, REQUIRED), num_to_read=P(int, 21),
-                    batch_size=P(int, 16))
+    params = Params("read_blob_from_file_param", file_path=Param(str, REQUIRED), num_to_read=Param(int, 21),
+                    batch_size=Param(int, 16))
     num_bottoms = 0
-    is_source = True
 
     def setup(self, bottom_shapes):
         for name in ("num_to_read", "batch_size"):
@@ -394,7 +393,7 @@ class MulRGB(Layer):
     Params (mul_rgb_param): mul_factor = 255.
     Differs from the original: gradients flow to x (the original had no backward).
     """
-    params = Params("mul_rgb_param", mul_factor=P(float, 255.0))
+    params = Params("mul_rgb_param", mul_factor=Param(float, 255.0))
 
     def forward(self, x):
         return x * self.p.mul_factor

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from layers.base import Layer, P, Params, Shape
+from layers.base import Layer, Param, Params, Shape
 from layers.hand.ground_truth import _check_joint, _check_per_sample
 from layers.hand.skeleton import BONES, NUM_BONES, NUM_JOINTS, REF_BONE
 from layers.registry import register_layer
@@ -87,6 +87,16 @@ class CropToImage(Layer):
     Tops: joints_2d (B, 2K) pixels.  Params: none.
     The author's net did this with ScaleVectorBySingleVector / AddVectorBySingleVector and a width of x2 - x1,
     one pixel short of the crop his layout defines.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> to_image = make_layer('type: "CropToImage" bottom: "uv_crop" bottom: "bbox" top: "uv"',
+        ...                       bottom_shapes=[(1, 2), (1, 4)])
+        >>> bbox = torch.tensor([[100.0, 50.0, 199.0, 149.0]])   # x1 y1 x2 y2: a 100 x 100 crop at (100, 50)
+        >>> to_image(torch.tensor([[0.5, 0.25]]), bbox).tolist()   # u = 0.5 * 100 + 100, v = 0.25 * 100 + 50
+        [[150.0, 75.0]]
     """
     num_bottoms = 2
 
@@ -168,8 +178,19 @@ class RootDepth(Layer):
     the root is computed as -2c / (b + sqrt(b^2 - 4ac)) (no cancellation, no division by a); elsewhere a is
     floored at eps^2, so a 2D bone of zero length (a = b = 0: the depth is undetermined) gives a huge but
     finite Zroot rather than inf or NaN.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> root_depth = make_layer('type: "RootDepth" bottom: "uv" bottom: "zr" bottom: "K" top: "zroot" '
+        ...                         'root_depth_param { n: 1 m: 0 }', bottom_shapes=[(1, 4), (1, 2), (1, 4)])
+        >>> uv = torch.tensor([[50.0, 50.0, 100.0, 50.0]])   # joint 0 at the principal point, joint 1 50 px right
+        >>> K = torch.tensor([[100.0, 100.0, 50.0, 50.0]])   # fx, fy, u0, v0
+        >>> root_depth(uv, torch.zeros(1, 2), K).tolist()    # both at depth Z: bone 0-1 = Z * 50 / 100 = c = 1
+        [[2.0]]
     """
-    params = Params("root_depth_param", n=P(int, REF_BONE[0]), m=P(int, REF_BONE[1]), c=P(float, 1.0))
+    params = Params("root_depth_param", n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]), c=Param(float, 1.0))
     num_bottoms = 3
     num_tops = (1, 3)
 
@@ -228,6 +249,17 @@ class Reconstruct3D(Layer):
     Bottoms: joints_2d (B, 2K) pixels; zr (B, K); zroot (B, 1) (RootDepth's top); intrinsics (B, 4) fx, fy, u0,
     v0; optional scale (B, 1).
     Tops: joints_3d (B, 3K), x y z per joint.  Params: none.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> rec = make_layer('type: "Reconstruct3D" bottom: "uv" bottom: "zr" bottom: "zroot" bottom: "K" bottom: "s" '
+        ...                  'top: "xyz"', bottom_shapes=[(1, 4), (1, 2), (1, 1), (1, 4), (1, 1)])
+        >>> uv, K = torch.tensor([[50.0, 50.0, 100.0, 50.0]]), torch.tensor([[100.0, 100.0, 50.0, 50.0]])
+        >>> zr, zroot, s = torch.tensor([[0.0, 0.5]]), torch.tensor([[2.0]]), torch.tensor([[10.0]])
+        >>> rec(uv, zr, zroot, K, s).tolist()   # x = (0, 0.5), Z = 2 + zr = (2, 2.5): s (x Z, y Z, Z)
+        [[0.0, 0.0, 20.0, 12.5, 0.0, 25.0]]
     """
     num_bottoms = (4, 5)
 
@@ -259,6 +291,17 @@ class ScaleRecovery(Layer):
     (ReadBoneLength's top).
     Tops: scale (B, 1), in avg_bone's unit (mm).  Params: none.
     A degenerate hand (all joints at one point) gives 0, with a zero gradient.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> recover = make_layer('type: "ScaleRecovery" bottom: "joints_norm" bottom: "avg_bone" top: "scale"',
+        ...                      bottom_shapes=[(1, 63), (1, 20)])
+        >>> j = torch.zeros(1, 21, 3)                                # the wrist (0) at the origin
+        >>> j[0, 1:, 0] = torch.tensor([4.0, 3.0, 2.0, 1.0]).repeat(5)   # tip, DIP, PIP, MCP per finger: bones 1 long
+        >>> recover(j.view(1, 63), torch.full((1, 20), 80.0)).tolist()   # sum(80 * 1) / sum(1 * 1)
+        [[80.0]]
     """
     num_bottoms = 2
 
@@ -303,8 +346,8 @@ class DeepHandModelSolveScaleNormalizedGlobalZRoot(RootDepth):
     sample's or past the blob, for every t > 0); a negative discriminant is clamped (the original gave NaN);
     a zero discriminant gives the double root (the original gave 0); the gradient flows (his backward was empty).
     """
-    params = Params("deep_hand_model_solve_scale_normalized_global_z_root_param", joint_num=P(int, NUM_JOINTS),
-                    n=P(int, REF_BONE[0]), m=P(int, REF_BONE[1]), c=P(float, 1.0))
+    params = Params("deep_hand_model_solve_scale_normalized_global_z_root_param", joint_num=Param(int, NUM_JOINTS),
+                    n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]), c=Param(float, 1.0))
     num_bottoms = 6
 
     def setup(self, bottom_shapes):
@@ -328,7 +371,7 @@ class DeepHandModelSolveScaleNormalizedGlobalLocation(Reconstruct3D):
     when given, must match the bottoms).
     Differs from the original: the gradient flows (his backward was empty).
     """
-    params = Params("deep_hand_model_solve_scale_normalized_global_location_param", joint_num=P(int, NUM_JOINTS))
+    params = Params("deep_hand_model_solve_scale_normalized_global_location_param", joint_num=Param(int, NUM_JOINTS))
     num_bottoms = 7
 
     def setup(self, bottom_shapes):

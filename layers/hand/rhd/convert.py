@@ -34,6 +34,8 @@ again loses the per-sample files of a hand that is now unusable. The index lists
 and the packed files are always rebuilt at the end, from the records and the per-sample files on disk. Temp
 files (`.tmp-*`) of workers stopped by an interruption are removed before the error propagates; those of a
 killed run are removed at the next start.
+
+Over 400 lines as one cohesive thing: one conversion, its rules and its resumable bookkeeping.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import numpy as np
 from layers.hand import skeleton
 from layers.hand.readers import decode_image
 from layers.hand.rhd import memo, packed, release
-from nets.errors import NetError
+from netdef.errors import NetError
 
 GT_BOX_LIMIT = 1.5
 SQUARE_GROW_NUM, SQUARE_GROW_DEN = 5, 4      # x1.25, kept as a fraction for exact integer arithmetic

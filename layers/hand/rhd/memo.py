@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 SPLITS = ("training", "evaluation")
 BBOX_FIELDS = ("bbx_x1", "bbx_y1", "bbx_x2", "bbx_y2")

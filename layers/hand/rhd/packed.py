@@ -23,7 +23,7 @@ import os
 import h5py
 import numpy as np
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -15,7 +15,7 @@ import pickle
 import cv2
 import numpy as np
 
-from nets.errors import NetError
+from netdef.errors import NetError
 
 IMAGE_SIZE = 320
 DEPTH_MAX_M = 5.0

@@ -26,6 +26,8 @@ when it lies inside the image and its own disc is the topmost surface at its pix
 visible keypoint the depth map holds the keypoint's depth and the mask its hand's label.
 Mask labels per hand (base 2 left, 18 right): base + 3f + s for finger f (thumb 0 .. little 4) and phalanx s
 (0 distal, 1 middle, 2 proximal), base + 15 palm (17, 33).
+
+Over 400 lines as one cohesive thing: the hand model, the renderer and the release writer share one geometry.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np
 from layers.hand import skeleton
 from layers.hand.rhd import release
 from layers.hand.rhd.memo import atomic_write_bytes
-from nets.errors import NetError
+from netdef.errors import NetError
 
 SPLITS = ("training", "evaluation")
 ANNO_KEYS = ("xyz", "uv_vis", "K")

@@ -7,6 +7,8 @@ Data model:
 
 ``parse(text, filename)`` -> Message; ``write(message)`` -> text; parse(write(parse(t))) == parse(t).
 Equality of messages ignores locations.
+
+Over 400 lines as one cohesive thing: the tokenizer, the parser and the writer of one grammar.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
-from nets.errors import NetError, ParseError
+from netdef.errors import NetError, ParseError
 
 __all__ = ["Loc", "Ident", "Field", "Message", "Value", "parse", "parse_file", "write", "ParseError"]
 
