@@ -207,18 +207,25 @@ def test_root_depth_equals_specs_formula_on_arbitrary_inputs():
     cams = np.column_stack([rng.uniform(250, 350, (b, 2)), rng.uniform(140, 180, (b, 2))])
     a, bb, c = spec_quadratic(uv, zr, cams, n=5, m=17, big_c=1.5)
     d = bb * bb - 4 * a * c
-    z0, clamped = root_depth(b, ("z", "n"), "root_depth_param { n: 5 m: 17 c: 1.5 }")(*t64(uv, zr, cams))
+    z0, clamped, amb, status = root_depth(b, ("z", "n", "amb", "st"), "root_depth_param { n: 5 m: 17 c: 1.5 }")(
+        *t64(uv, zr, cams))
     ok = d >= 0
-    assert 0 < ok.sum() < b and clamped.item() == (~ok).sum()
-    want = np.where(ok, (-bb + np.sqrt(np.maximum(d, 0))) / (2 * a), -bb / (2 * a))
-    np.testing.assert_allclose(z0.numpy()[:, 0], want, rtol=1e-9)
+    raw = np.where(ok, (-bb + np.sqrt(np.maximum(d, 0))) / (2 * a), -bb / (2 * a))   # root, or the vertex
+    # the rule: every value in [min_depth, max_depth] = [1, 100]; the cases by precedence
+    want_status = np.select([~ok, raw <= 0, (raw < 1) | (raw > 100), (c > 0) & (bb < 0)], [2, 3, 5, 1], 0)
+    assert 0 < ok.sum() < b and {0, 2, 5} <= set(want_status.tolist())
+    np.testing.assert_array_equal(status.numpy()[:, 0], want_status)
+    assert clamped.item() == np.isin(want_status, [2, 3, 4, 5]).sum()
+    np.testing.assert_array_equal(amb.numpy()[:, 0], ((c > 0) & (bb < 0) & ok).astype(float))
+    np.testing.assert_allclose(z0.numpy()[:, 0], np.clip(raw, 1.0, 100.0), rtol=1e-9)
 
 
 def test_negative_discriminant_is_clamped_and_counted_without_nan():
-    # wrist on the optical axis, index MCP at x = 0.1, and zr_n = 2 > C: no Z fits a bone of length 1
+    # wrist on the optical axis, index MCP at x = 0.1, and zr_n = -2 (|zr_n| > C): no Z fits a bone of length 1;
+    # the vertex -b / (2a) = 2 is in front of the camera (zr_n = +2 puts it at -2: see the degenerate cases)
     uv_bad, zr_bad = np.full(42, 160.0), np.zeros(21)
     uv_bad[16] = 190.0
-    zr_bad[8] = 2.0
+    zr_bad[8] = -2.0
     j = known_hand()[None]
     uv_ok, zr_ok, _ = to_25d(j, np.array([CAM]))
     uv = np.stack([uv_ok[0], uv_bad, uv_ok[0], uv_bad, uv_bad])
@@ -231,7 +238,7 @@ def test_negative_discriminant_is_clamped_and_counted_without_nan():
         t.requires_grad_(True)
     z0, clamped, amb = root_depth(5, ("z", "n", "amb"))(*inputs)
     assert clamped.shape == (1,) and clamped.item() == 3.0 and not clamped.requires_grad
-    np.testing.assert_allclose(z0.detach().numpy()[[1, 3, 4], 0], -0.04 / (2 * 0.01), rtol=1e-6)   # vertex -b/2a
+    np.testing.assert_allclose(z0.detach().numpy()[[1, 3, 4], 0], 0.04 / (2 * 0.01), rtol=1e-6)   # vertex -b/2a
     assert z0.detach()[0].item() == pytest.approx(500.0 / np.linalg.norm(j[0, 8] - j[0, 0]), rel=1e-12)
     assert amb.detach().numpy().sum() == 0
     out = reconstruct(5)(inputs[0], inputs[1], z0, inputs[2], torch.full((5, 1), 80.0, dtype=torch.float64))
@@ -241,22 +248,82 @@ def test_negative_discriminant_is_clamped_and_counted_without_nan():
     assert inputs[1].grad[1, 8] != 0
 
 
-def test_degenerate_bone_a_zero_stays_finite():
-    # index MCP on the wrist's pixel (a = 0, so b = 0), and a nearly collapsed 2D bone (a ~ 1e-14)
-    uv = np.full((2, 42), 200.0)
-    uv[1, 16] += 3e-5
-    zr = np.zeros((2, 21))
-    zr[:, 8] = 0.5
-    inputs = t64(uv, zr, np.tile(CAM, (2, 1)))
-    for t in inputs:
-        t.requires_grad_(True)
-    z0, clamped = root_depth(2, ("z", "n"))(*inputs)
-    z0.sum().backward()
-    assert torch.isfinite(z0).all() and all(torch.isfinite(t.grad).all() for t in inputs)
-    assert z0[0].item() > 1e14                              # undetermined depth: huge, finite
-    a, b, c = spec_quadratic(uv, zr, np.tile(CAM, (2, 1)))
-    assert a[1] < 1e-13 and b[1] > 0 and c[1] < 0          # the textbook root, no floor involved
-    assert z0[1].item() == pytest.approx((-b[1] + np.sqrt(b[1] ** 2 - 4 * a[1] * c[1])) / (2 * a[1]), rel=1e-6)
+def one_bone(t, z, u_m=160.0, v_m=160.0):
+    """One sample: wrist (joint 0) at pixel (u_m, v_m), index MCP (joint 8) 300 t px to its right, zr_8 = z, CAM.
+    With the wrist on the optical axis, a = t^2, b = 2 t^2 z, c = (1 + t^2) z^2 - 1 and the roots are
+    Zroot = -z +- sqrt(1 - z^2) / t."""
+    uv = np.tile([u_m, v_m], 21)
+    uv[16] = u_m + 300.0 * t
+    zr = np.zeros(21)
+    zr[8] = z
+    return uv, zr
+
+
+def root_depth_cases(cases, dtype=torch.float64, tops=("z", "n", "amb", "st"), body=""):
+    uv, zr = (np.stack(v) for v in zip(*(one_bone(*case) for case in cases)))
+    inputs = [t.to(dtype).requires_grad_(True) for t in t64(uv, zr, np.tile(CAM, (len(cases), 1)))]
+    layer = root_depth(len(cases), tops, body).to(dtype)
+    return inputs, layer(*inputs)
+
+
+def test_both_roots_negative_gives_min_depth_counted_with_zero_gradient():
+    # t = 0.5: zr_8 = 0.96 gives the roots -0.96 +- 0.56 = -0.4, -1.52 (c = 0.152 > 0, b = 0.48 > 0): a hand
+    # behind the camera; zr_8 = -0.96 mirrors it, 0.96 +- 0.56 = 1.52, 0.4 (ambiguous, the larger taken);
+    # zr_8 = 0 gives +-2; zr_8 = 2 has no real root and its vertex -b / (2a) = -2 is behind the camera too
+    inputs, (z0, clamped, amb, status) = root_depth_cases([(0.5, 0.96), (0.5, -0.96), (0.5, 0.0), (0.5, 2.0)])
+    a, b, c = spec_quadratic(*(t.detach().numpy() for t in inputs))
+    assert c[0] > 0 and b[0] > 0 and b[0] ** 2 - 4 * a[0] * c[0] > 0          # both roots real and negative
+    np.testing.assert_allclose(z0.detach().numpy()[:, 0], [1.0, 1.52, 2.0, 1.0], rtol=1e-12)   # min_depth = 1
+    assert status[:, 0].tolist() == [rc.ROOT_BEHIND_CAMERA, rc.ROOT_AMBIGUOUS, rc.ROOT_OK, rc.ROOT_NO_REAL_ROOT]
+    assert clamped.tolist() == [2.0] and amb[:, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert not (clamped.requires_grad or amb.requires_grad or status.requires_grad)
+    grads = torch.autograd.grad(z0.sum(), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+    for g in grads:                                    # the clamped samples' depth does not move with the inputs
+        assert g[[0, 3]].abs().max().item() == 0.0
+    # the others: dZ/dz = -1 - z / (t sqrt(1 - z^2)) for Z = -z + sqrt(1 - z^2) / t
+    assert grads[1][1, 8].item() == pytest.approx(-1 + 0.96 / (0.5 * 0.28), rel=1e-9)
+    assert grads[1][2, 8].item() == pytest.approx(-1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_coincident_bone_ends_give_max_depth_counted_with_bounded_gradient(dtype):
+    # a = b = 0: the index MCP on the wrist's pixel, on the optical axis and off it (the original gave 1/(2 eps)
+    # and gradients of 1e28); a 2D bone of 1.2 px (t = 0.004: the root 1/t = 250 > max_depth); a normal sample
+    cases = [(0.0, 0.5), (0.0, 0.5, 200.0, 200.0), (0.004, 0.0), (0.5, 0.0)]
+    inputs, (z0, clamped, amb, status) = root_depth_cases(cases, dtype)
+    a = spec_quadratic(*(t.detach().double().numpy() for t in inputs))[0]
+    assert a[0] == a[1] == 0
+    assert z0.dtype == dtype and z0.detach()[:, 0].tolist() == pytest.approx([100.0, 100.0, 100.0, 2.0], rel=1e-6)
+    assert status[:, 0].tolist() == [rc.ROOT_UNDETERMINED, rc.ROOT_UNDETERMINED, rc.ROOT_OUT_OF_RANGE, rc.ROOT_OK]
+    assert clamped.tolist() == [3.0] and amb.sum().item() == 0
+    grads = torch.autograd.grad(z0.sum(), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert max(g[:3].abs().max().item() for g in grads) == 0.0
+    assert max(g.abs().max().item() for g in grads) < 10.0     # the normal sample's: dZ/dz = -1, dZ/du = -2/300
+
+
+def test_root_depth_bounds_are_params_and_the_authors_type_follows_them():
+    body = "root_depth_param { min_depth: 0.25 max_depth: 300 }"
+    _, (z0, clamped, _, status) = root_depth_cases([(0.5, 0.96), (0.004, 0.0), (0.0, 0.5)], body=body)
+    assert z0.detach()[:, 0].tolist() == pytest.approx([0.25, 250.0, 300.0], rel=1e-9)
+    assert status[:, 0].tolist() == [rc.ROOT_BEHIND_CAMERA, rc.ROOT_OK, rc.ROOT_UNDETERMINED]
+    assert clamped.item() == 2.0
+    cases = [(0.5, 0.96), (0.5, -0.96), (0.5, 0.0), (0.5, 2.0), (0.0, 0.5), (0.004, 0.0)]
+    uv, zr = (np.stack(v) for v in zip(*(one_bone(*case) for case in cases)))
+    cams = np.tile(CAM, (6, 1))
+    author = mk('type: "DeepHandModelSolveScaleNormalizedGlobalZRoot"', [(6, 42), (6, 21)] + [(6, 1)] * 4,
+                ("uv", "zr", "fx", "fy", "u0", "v0"), ("z", "n", "amb", "st"))
+    new = root_depth(6, ("z", "n", "amb", "st"))
+    theirs, ours = author(*t64(uv, zr, *cams.T[:, :, None])), new(*t64(uv, zr, cams))
+    for t, o in zip(theirs, ours):
+        np.testing.assert_array_equal(t.numpy(), o.numpy())
+    assert ours[3][:, 0].tolist() == [3, 1, 0, 2, 4, 5]
+    # sample_status: the status top, from the bottoms, per sample (any subset of a batch can be counted)
+    assert author.sample_status(*t64(uv, zr, *cams.T[:, :, None])).tolist() == [3, 1, 0, 2, 4, 5]
+    assert new.sample_status(*t64(uv, zr, cams)).tolist() == [3, 1, 0, 2, 4, 5]
+    assert [rc.ROOT_STATUS_NAMES[k] for k in rc.ROOT_CLAMPED] == ["no_real_root", "behind_camera", "undetermined",
+                                                                "out_of_range"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -289,7 +356,11 @@ def test_root_depth_and_reconstruct_gradcheck():
     ("root_depth_param { n: 21 }", [(2, 42), (2, 21), (2, 4)], ("z",), r"n = 21 is not a joint of a 21-joint"),
     ("root_depth_param { c: 0 }", [(2, 42), (2, 21), (2, 4)], ("z",), r"c \(the reference bone's length\) must be"),
     ("root_depth_param { C: 1 }", [(2, 42), (2, 21), (2, 4)], ("z",), r"unknown param 'C'.*did you mean c\?"),
-    ("", [(2, 42), (2, 21), (2, 4)], ("a", "b", "c", "d"), r"takes 1 to 3 top\(s\), got 4"),
+    ("", [(2, 42), (2, 21), (2, 4)], ("a", "b", "c", "d", "e"), r"takes 1 to 4 top\(s\), got 5"),
+    ("root_depth_param { min_depth: 0 }", [(2, 42), (2, 21), (2, 4)], ("z",),
+     r"need 0 < min_depth < max_depth < inf, got min_depth 0, max_depth 100"),
+    ("root_depth_param { min_depth: 5 max_depth: 5 }", [(2, 42), (2, 21), (2, 4)], ("z",),
+     r"need 0 < min_depth < max_depth < inf, got min_depth 5, max_depth 5"),
 ])
 def test_root_depth_errors(body, shapes, tops, msg):
     with pytest.raises(NetError, match=msg):

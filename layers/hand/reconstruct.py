@@ -155,6 +155,19 @@ class ProjectToImage(Layer):
 
 # ------------------------------------------------------------------------------------------ step 17
 
+# Per-sample outcome of RootDepth (its optional status top, RootDepth.sample_status): codes and names.
+ROOT_OK = 0                # one positive root in [min_depth, max_depth] (c < 0, or c = 0 and b < 0)
+ROOT_AMBIGUOUS = 1         # both roots positive (c > 0, b < 0): the larger one taken, in range
+ROOT_NO_REAL_ROOT = 2      # b^2 - 4ac < 0: the vertex -b / (2a), then bounded
+ROOT_BEHIND_CAMERA = 3     # the larger root <= 0 (c >= 0, b > 0: both roots negative or zero): min_depth
+ROOT_UNDETERMINED = 4      # a = 0 (the reference bone's ends coincide in 2D, so b = 0 too): max_depth
+ROOT_OUT_OF_RANGE = 5      # a positive root outside [min_depth, max_depth]: the nearer bound
+ROOT_STATUS_NAMES = {ROOT_OK: "ok", ROOT_AMBIGUOUS: "ambiguous", ROOT_NO_REAL_ROOT: "no_real_root",
+                     ROOT_BEHIND_CAMERA: "behind_camera", ROOT_UNDETERMINED: "undetermined",
+                     ROOT_OUT_OF_RANGE: "out_of_range"}
+ROOT_CLAMPED = (ROOT_NO_REAL_ROOT, ROOT_BEHIND_CAMERA, ROOT_UNDETERMINED, ROOT_OUT_OF_RANGE)
+
+
 @register_layer("RootDepth")
 class RootDepth(Layer):
     """Scale-normalised root depth Zroot (memo step 17; Iqbal et al. Sec 3.2; SPEC section 4): the larger root of
@@ -167,17 +180,30 @@ class RootDepth(Layer):
 
     Bottoms: joints_2d (B, 2K) original-image pixels (CropToImage's top); zr (B, K) scale-normalised
     root-relative depth (LatentDepth's top); intrinsics (B, 4) fx, fy, u0, v0 (ReadCameraIntrinsics' top).
-    Tops: zroot (B, 1); optional clamped (1,): the number of samples of the batch whose discriminant was negative
-    (no gradient); optional ambiguous (B, 1): 1 where c > 0 and both roots are positive (the bone n-m points
-    nearly along the viewing ray, and the larger root may be the wrong one: SPEC section 4 wants them counted),
-    else 0 (no gradient).
+    Tops: zroot (B, 1); optional clamped (1,): the number of samples of the batch whose Zroot is not the larger
+    root of the quadratic inside [min_depth, max_depth] (statuses 2-5 below; no gradient); optional ambiguous
+    (B, 1): 1 where c > 0 and both roots are positive (the bone n-m points nearly along the viewing ray, and
+    the larger root may be the wrong one: SPEC section 4 wants them counted), else 0 (no gradient); optional
+    status (B, 1): each sample's case below, as its code (no gradient).
     Params (root_depth_param): n = 8 (index MCP), m = 0 (wrist), c = 1 (C, the reference bone's length in
-    scale-normalised units).
-    Numerics: a negative discriminant (inconsistent predictions) is clamped at 0, giving the vertex -b / (2a),
-    finite, with a finite gradient (sqrt's argument is floored at eps^2, eps the dtype's epsilon). Where b > 0
-    the root is computed as -2c / (b + sqrt(b^2 - 4ac)) (no cancellation, no division by a); elsewhere a is
-    floored at eps^2, so a 2D bone of zero length (a = b = 0: the depth is undetermined) gives a huge but
-    finite Zroot rather than inf or NaN.
+    scale-normalised units), min_depth = 1, max_depth = 100 (the range of Zroot, in the same units: 1 is one
+    reference bone, ~9 cm, in front of the camera, 100 is ~9 m; 0 < min_depth < max_depth).
+
+    Zroot is always finite and in [min_depth, max_depth]. The cases, in this order (eps: the dtype's epsilon):
+      4 undetermined   a <= eps^2: the bone's two ends coincide in 2D (then b = 0 too), so any Z fits (c = 0)
+                       or none does: Zroot = max_depth (the limit of the root as the 2D bone shrinks with
+                       c < 0, where it grows like sqrt(-c / a)); zero gradient.
+      2 no real root   b^2 - 4ac < 0 (inconsistent predictions; c > 0): the discriminant is clamped at 0, giving
+                       the vertex -b / (2a) (the Z that brings the bone closest to length C), then bounded to
+                       [min_depth, max_depth]; inside the bounds the vertex's gradient, else zero.
+      3 behind camera  the larger root <= 0 (c >= 0 and b > 0: both roots negative or zero, a hand behind the
+                       camera): Zroot = min_depth; zero gradient.
+      5 out of range   a positive root below min_depth or above max_depth: the nearer bound; zero gradient.
+      1 ambiguous      both roots positive (c > 0, b < 0), the larger in range: Zroot the larger root.
+      0 ok             otherwise: Zroot the larger root, the only positive one.
+    The clamped top counts cases 2-5. Numerics: where b > 0 the root is computed as -2c / (b + sqrt(b^2 - 4ac))
+    (no cancellation, no division by a); sqrt's argument is floored at eps^2 and a at eps^2 in the other
+    formula, so every branch (the unused ones too) is finite and torch.where passes no NaN or huge gradient.
 
     Examples::
 
@@ -190,9 +216,10 @@ class RootDepth(Layer):
         >>> root_depth(uv, torch.zeros(1, 2), K).tolist()    # both at depth Z: bone 0-1 = Z * 50 / 100 = c = 1
         [[2.0]]
     """
-    params = Params("root_depth_param", n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]), c=Param(float, 1.0))
+    params = Params("root_depth_param", n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]), c=Param(float, 1.0),
+                    min_depth=Param(float, 1.0), max_depth=Param(float, 100.0))
     num_bottoms = 3
-    num_tops = (1, 3)
+    num_tops = (1, 4)
 
     def setup(self, bottom_shapes):
         k = _check_2d_and_depth(self, bottom_shapes)
@@ -207,8 +234,16 @@ class RootDepth(Layer):
             raise self.error(f"n and m must be different joints (both are {self.p.n})")
         if not self.p.c > 0:
             raise self.error(f"c (the reference bone's length) must be positive, got {self.p.c:g}")
+        if not 0 < self.p.min_depth < self.p.max_depth < float("inf"):
+            raise self.error(f"need 0 < min_depth < max_depth < inf, got min_depth {self.p.min_depth:g}, "
+                             f"max_depth {self.p.max_depth:g}")
 
-    def forward(self, joints_2d, zr, intrinsics):
+    def _standard_bottoms(self, *bottoms):
+        """(joints_2d, zr, intrinsics) from the layer's bottoms."""
+        return bottoms
+
+    def _solve(self, joints_2d, zr, intrinsics):
+        """(zroot (B,), status (B,) int64, ambiguous (B,) bool), per the docstring's cases."""
         x, y = _camera_xy(joints_2d, intrinsics)
         n, m = self.p.n, self.p.m
         xn, yn, zn, xm, ym, zm = x[:, n], y[:, n], zr[:, n], x[:, m], y[:, m], zr[:, m]
@@ -218,19 +253,44 @@ class RootDepth(Layer):
         b = 2.0 * (dx * px + dy * py)
         c = px * px + py * py + (zn - zm) ** 2 - self.p.c ** 2
         disc = b * b - 4.0 * a * c
-        clamped = disc < 0
-        eps = torch.finfo(disc.dtype).eps
-        sq = torch.sqrt(disc.clamp_min(eps * eps))          # floored: sqrt's gradient stays finite
-        stable = (b > 0) & ~clamped
-        # Both branches are finite everywhere (the unused one too), so torch.where passes no NaN gradient.
+        tiny = torch.finfo(disc.dtype).eps ** 2
+        undetermined = a <= tiny
+        no_real = (disc < 0) & ~undetermined
+        sq = torch.sqrt(disc.clamp_min(tiny))               # floored: sqrt's gradient stays finite
+        stable = (b > 0) & ~no_real & ~undetermined
+        # Every branch is finite everywhere (the unused ones too), so torch.where passes no NaN gradient.
         root_stable = -2.0 * c / torch.where(stable, b + sq, torch.ones_like(b))
-        root_plain = (sq - b) / (2.0 * torch.where(stable, torch.ones_like(a), a.clamp_min(eps * eps)))
-        zroot = torch.where(stable, root_stable, root_plain).unsqueeze(1)
+        root_plain = (sq - b) / (2.0 * torch.where(stable | undetermined, torch.ones_like(a), a))
+        root = torch.where(stable, root_stable, root_plain)
+        lo, hi = self.p.min_depth, self.p.max_depth
+        behind = (root <= 0) & ~no_real & ~undetermined
+        out_of_range = ((root < lo) | (root > hi)) & ~behind & ~no_real & ~undetermined
+        ambiguous = (c > 0) & (b < 0) & ~no_real & ~undetermined
+        zroot = torch.where(undetermined, torch.full_like(root, hi), root.clamp(lo, hi))
+        status = torch.zeros(root.shape, dtype=torch.int64, device=root.device)
+        for code, mask in ((ROOT_AMBIGUOUS, ambiguous), (ROOT_OUT_OF_RANGE, out_of_range),
+                           (ROOT_BEHIND_CAMERA, behind), (ROOT_NO_REAL_ROOT, no_real),
+                           (ROOT_UNDETERMINED, undetermined)):             # later codes take precedence
+            status = torch.where(mask, code, status)
+        return zroot, status, ambiguous
+
+    def sample_status(self, *bottoms) -> torch.Tensor:
+        """Each sample's case (B,) int64 (ROOT_STATUS_NAMES), from the layer's bottoms; the clamped ones are
+        ROOT_CLAMPED. Per sample, so a caller can count any subset of a batch (e.g. leave out padding)."""
+        with torch.no_grad():
+            return self._solve(*self._standard_bottoms(*bottoms))[1]
+
+    def forward(self, *bottoms):
+        zroot, status, ambiguous = self._solve(*self._standard_bottoms(*bottoms))
+        zroot = zroot.unsqueeze(1)
         if self.num_top_blobs == 1:
             return zroot
-        tops = [zroot, clamped.sum().reshape(1).to(zroot.dtype)]
-        if self.num_top_blobs == 3:
-            tops.append(((c > 0) & (b < 0) & ~clamped).to(zroot.dtype).unsqueeze(1))
+        clamped = (status >= ROOT_NO_REAL_ROOT).sum().reshape(1).to(zroot.dtype)   # codes 2-5: ROOT_CLAMPED
+        tops = [zroot, clamped]
+        if self.num_top_blobs >= 3:
+            tops.append(ambiguous.to(zroot.dtype).unsqueeze(1))
+        if self.num_top_blobs == 4:
+            tops.append(status.to(zroot.dtype).unsqueeze(1))
         return tuple(tops)
 
 
@@ -339,15 +399,18 @@ class DeepHandModelSolveScaleNormalizedGlobalZRoot(RootDepth):
     """The author's type for RootDepth (SPEC section 6), with his bottoms.
 
     Bottoms (his order): joints_2d (B, 2K) pixels; zr (B, K); fx, fy, u0, v0 (B, 1) each.
-    Tops: zroot (B, 1); optional clamped count (1,) and ambiguous flags (B, 1), as RootDepth.
+    Tops: zroot (B, 1); optional clamped count (1,), ambiguous flags (B, 1) and status (B, 1), as RootDepth.
     Params (deep_hand_model_solve_scale_normalized_global_z_root_param): joint_num = 21, n = 8, m = 0, c = 1
-    (his net's values; joint_num, when given, must match the bottoms).
+    (his net's values; joint_num, when given, must match the bottoms), min_depth = 1, max_depth = 100 (new).
     Differs from the original: sample t reads its own zr (the original read zr at offset t * 2K, another
     sample's or past the blob, for every t > 0); a negative discriminant is clamped (the original gave NaN);
-    a zero discriminant gives the double root (the original gave 0); the gradient flows (his backward was empty).
+    a zero discriminant gives the double root (the original gave 0); Zroot stays in [min_depth, max_depth]
+    with RootDepth's rules (the original gave negative or infinite depths); the gradient flows (his backward
+    was empty).
     """
     params = Params("deep_hand_model_solve_scale_normalized_global_z_root_param", joint_num=Param(int, NUM_JOINTS),
-                    n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]), c=Param(float, 1.0))
+                    n=Param(int, REF_BONE[0]), m=Param(int, REF_BONE[1]), c=Param(float, 1.0),
+                    min_depth=Param(float, 1.0), max_depth=Param(float, 100.0))
     num_bottoms = 6
 
     def setup(self, bottom_shapes):
@@ -356,8 +419,8 @@ class DeepHandModelSolveScaleNormalizedGlobalZRoot(RootDepth):
         _check_joint_num(self, k)
         self._check_params(k)
 
-    def forward(self, joints_2d, zr, fx, fy, u0, v0):
-        return super().forward(joints_2d, zr, _intrinsics_of(fx, fy, u0, v0))
+    def _standard_bottoms(self, joints_2d, zr, fx, fy, u0, v0):
+        return joints_2d, zr, _intrinsics_of(fx, fy, u0, v0)
 
 
 @register_layer("DeepHandModelSolveScaleNormalizedGlobalLocation")
