@@ -19,17 +19,19 @@ required value), with the layer's name and file:line:col in the message. Learnab
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from netdef.errors import NetError
-from netdef.params import BLOB_SHAPE, FILLER, REQUIRED, Param, Params, Values
+from netdef.params import BLOB_SHAPE, FILLER, REQUIRED, Param, Params, Values, as_message, did_you_mean, show
 from netdef.spec import LayerDef
 
 __all__ = ["Layer", "SourceLayer", "Params", "Param", "Values", "FILLER", "BLOB_SHAPE", "REQUIRED", "Shape", "as_tuple",
-           "channel_axis", "all_shapes_equal"]
+           "check_allocation", "memory_available", "channel_axis", "all_shapes_equal"]
 
 Shape = tuple[int, ...]
 
@@ -66,8 +68,41 @@ class Layer(nn.Module):
         self._check_count("bottom", len(spec.bottoms), self.num_bottoms)
         self._check_count("top", len(spec.tops), self.num_tops)
         self.label = spec.label
-        self.p, self.p_blocks = self.params.parse_blocks(spec.blocks, self.label, self.where)
+        self.p, self.p_blocks = self._parse_params(spec)
         self.setup([tuple(s) for s in bottom_shapes])
+
+    def _parse_params(self, spec: LayerDef) -> tuple[Values, dict[str, Values]]:
+        """The declared blocks from the prototxt; for a Python layer that declares blocks, python_param's
+        param_str is their text too: the one block's fields ("beta: 2"), or blocks ("a_param { } b_param { }")
+        when it declares several. self.param_str keeps the raw string either way."""
+        if not (self.param_str.strip() and self.params.blocks):
+            return self.params.parse_blocks(spec.blocks, self.label, self.where)
+        from netdef.text_format import parse
+        quoted = show(self.param_str)
+        try:
+            msg = parse(self.param_str, "param_str")
+            if len(self.params.blocks) == 1:
+                given = {next(iter(self.params.blocks)): msg}
+            else:
+                given = {}
+                for f in msg:
+                    if f.name not in self.params.blocks or f.name in given:
+                        what = "repeated" if f.name in given else "unknown"
+                        raise NetError(f"{f.loc}: {what} param block '{f.name}' (this layer takes "
+                                       f"{', '.join(self.params.blocks)}){did_you_mean(f.name, self.params.blocks)}")
+                    given[f.name] = as_message(f)
+            both = [b for b in given if b in spec.blocks]
+            if both:
+                raise NetError(f"{self.where}: {both[0]} is given both in param_str and as a block; give it once")
+            return self.params.parse_blocks({**spec.blocks, **given}, self.label, self.where)
+        except NetError as e:
+            text = str(e)
+            if not text.startswith("param_str:"):
+                raise
+            # 'param_str:LINE:COL: [label: ]msg' -> 'FILE:LINE:COL: label: in param_str "...": msg'
+            rest = text.split(": ", 1)[1] if ": " in text else text
+            rest = rest[len(self.label) + 2:] if rest.startswith(self.label + ": ") else rest
+            raise NetError(f"{self.where}: in param_str {quoted}: {rest}") from None
 
     # -- for subclasses --------------------------------------------------------------------------------------
     def setup(self, bottom_shapes: list[Shape]) -> None:
@@ -81,7 +116,9 @@ class Layer(nn.Module):
                  learnable: bool = True, value: float = 0.0) -> torch.Tensor:
         """Create a Caffe blob (parameter, or buffer when not learnable), filled, in Caffe's blob order."""
         from layers.fillers import fill
-        t = torch.empty(tuple(int(s) for s in shape))
+        shape = tuple(int(s) for s in shape)
+        check_allocation(shape, torch.get_default_dtype().itemsize, f"{self.where}: blob '{name}'")
+        t = torch.empty(shape)
         if filler is not None:
             with torch.no_grad():
                 fill(t, filler, self.where)
@@ -116,8 +153,17 @@ class Layer(nn.Module):
         from torch.func import functional_call
         state = {k: v.to("meta") for k, v in list(self.named_parameters()) + list(self.named_buffers())}
         bottoms = [torch.empty(s, device="meta") for s in bottom_shapes]
-        with torch.no_grad():
-            tops = functional_call(self, state, tuple(bottoms))
+        try:
+            with torch.no_grad():
+                tops = functional_call(self, state, tuple(bottoms))
+        except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+            if not re.search(r"\bmeta\b", str(e), re.IGNORECASE):
+                raise
+            # forward read values (NumPy, .item(), .tolist(), `if x.any():`), which meta tensors do not have
+            detail = str(e).strip().splitlines()[0]
+            raise self.error(f"forward cannot run on meta tensors (shapes without data), which infer the top "
+                             f"shapes: declare infer_top_shapes(self, bottom_shapes) in the layer class, returning "
+                             f"the top shapes as a list of tuples (torch: {detail})") from e
         return [tuple(t.shape) for t in as_tuple(tops)]
 
     def _check_count(self, what: str, n: int, rule) -> None:
@@ -163,6 +209,43 @@ class SourceLayer(Layer):
     def has_compact_form(cls) -> bool:
         """Whether forward_compact differs from forward (the stage ships compact tops from its workers)."""
         return cls.forward_compact is not SourceLayer.forward_compact
+
+
+def memory_available() -> int:
+    """Bytes this process can still allocate without swapping: Linux's MemAvailable, else free physical pages;
+    0 when neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_allocation(shape: Sequence[int], itemsize: int, what: str) -> None:
+    """Refuse, before allocating, a tensor of `shape` that could not be held in memory: one line saying how much it
+    needs and how much there is. `what` names it ('FILE:L:C: layer ... : blob 'weight'')."""
+    count = 1
+    for d in shape:
+        count *= int(d)
+    need = count * itemsize
+    have = memory_available()
+    if count >= 2 ** 63 or (have and need > have):
+        raise NetError(f"{what} of shape {tuple(int(d) for d in shape)} needs {_human_bytes(need)}, more than the "
+                       f"{_human_bytes(have)} of memory available")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1024 or unit == "EB":
+            return f"{n:.3g} {unit}" if unit != "bytes" else f"{n} bytes"
+        n /= 1024
+    return f"{n:.3g} EB"
 
 
 def as_tuple(x) -> tuple:

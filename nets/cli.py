@@ -16,7 +16,8 @@ Input blobs are filled with seeded random normal data of their declared shapes.
 Solver mode trains (nets/solver/): Caffe's log lines on stdout, snapshots every `snapshot` iterations and at
 the end; --snapshot resumes from a solver state, --weights fine-tunes (comma-separated files allowed),
 --stage/--level go to the train net's state, --seed replaces random_seed. Ctrl-C finishes the iteration,
-writes a snapshot and exits with status 130; a second Ctrl-C aborts at once.
+writes a snapshot and exits with status 130; a second Ctrl-C aborts at once. SIGTERM (schedulers, torchrun)
+does the same and exits with 143.
 Started by torchrun with several processes, --solver trains data-parallel (nets/distributed.py: gloo on the
 CPU, NCCL on CUDA with one GPU per process; rank 0 logs and snapshots; the global batch is N times the net's).
 --amp runs forward passes in mixed precision (bfloat16 by default, float16 with loss scaling when training),
@@ -24,21 +25,24 @@ CPU, NCCL on CUDA with one GPU per process; rank 0 logs and snapshots; the globa
 (nets/accel.py, Net.compile).
 
 Results go to stdout; notes, the progress bar (only on a terminal) and errors go to stderr. A user error
-(NetError) prints one line, `error: <message>`, and exits with status 2.
+(NetError) prints one line, `error: <message>`, and exits with status 2; Ctrl-C in test or time mode prints one
+line and exits 130. --debug also prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+import traceback
 
 import torch
 
-from layers.base import as_tuple
+from layers.base import as_tuple, check_allocation
 from layers.registry import import_user_module
 from nets.accel import amp_dtype, autocast
-from netdef.errors import NetError, report
+from netdef.errors import add_debug_flag, run_tool
 from nets.net import Net
 from nets.weights import load_weights
 
@@ -95,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                          "the device supports it, else float16)")
     ap.add_argument("--channels-last", action="store_true", help="NHWC memory order for 4-D weights and data")
     ap.add_argument("--compile", action="store_true", help="run the nets through torch.compile")
+    add_debug_flag(ap)
     return ap
 
 
@@ -112,10 +117,7 @@ def main(argv=None) -> int:
         parser.error("a net definition (NET.prototxt) or --solver is required")
     elif args.snapshot:
         parser.error("--snapshot needs --solver")
-    try:
-        return _train(args) if args.solver else _run(args)
-    except NetError as e:
-        return report(e)
+    return run_tool(lambda: _train(args) if args.solver else _run(args), args.debug)
 
 
 def _note(text: str) -> None:
@@ -140,6 +142,8 @@ def _train(args) -> int:
                         channels_last=args.channels_last, compile=args.compile)
         solver.solve(resume=args.snapshot)
     except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
         where = f" at iteration {solver.iter}" if solver else " before training started"
         last = (f"the last complete snapshot is {solver.last_snapshot}" if solver and solver.last_snapshot
                 else "no snapshot was written")
@@ -149,16 +153,15 @@ def _train(args) -> int:
         if solver is not None:
             solver.close()
         distributed.shutdown()
-    if solver.rank != 0:
-        return 130 if solver.interrupted else 0
-    if solver.interrupted:
-        if solver.last_snapshot:
-            print(f"interrupted at iteration {solver.iter}: snapshot written; resume with "
-                  f"--solver {args.solver} --snapshot {solver.last_snapshot}", file=sys.stderr)
-        else:
-            print(f"interrupted at iteration {solver.iter}: no snapshot_prefix, nothing was saved", file=sys.stderr)
-        return 130
-    return 0
+    status = 128 + (solver.stop.signal or signal.SIGINT) if solver.interrupted else 0   # 130 Ctrl-C, 143 SIGTERM
+    if solver.rank != 0 or not solver.interrupted:
+        return status
+    if solver.last_snapshot:
+        print(f"interrupted at iteration {solver.iter}: snapshot written; resume with "
+              f"--solver {args.solver} --snapshot {solver.last_snapshot}", file=sys.stderr)
+    else:
+        print(f"interrupted at iteration {solver.iter}: no snapshot_prefix, nothing was saved", file=sys.stderr)
+    return status
 
 
 def _run(args) -> int:
@@ -172,6 +175,8 @@ def _run(args) -> int:
         _note(str(load_weights(net, args.weights)))
     inputs = {}
     for name, shape in net.inputs.items():
+        if net.device.type == "cpu":
+            check_allocation(shape, torch.get_default_dtype().itemsize, f"input '{name}'")
         inputs[name] = torch.randn(shape, device=net.device)
         _note(f"input '{name}' {shape} filled with random normal data")
     if args.channels_last:

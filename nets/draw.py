@@ -24,7 +24,7 @@ import os
 import shutil
 import subprocess
 
-from netdef.errors import NetError, report
+from netdef.errors import NetError, add_debug_flag, run_tool
 from netdef.spec import LayerDef, net_def
 from netdef.text_format import Message, parse, parse_file
 
@@ -229,15 +229,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="draw the layers of the TRAIN or TEST net, or ALL layers (default)")
     ap.add_argument("--stage", action="append", default=[], metavar="S",
                     help="net stage for include/exclude rules (repeatable, or comma-separated)")
+    add_debug_flag(ap)
     return ap
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     stages = [s for arg in args.stage for s in arg.split(",") if s]
-    try:
+
+    def draw() -> int:
         draw_net_to_file(args.net, args.out, args.rankdir, args.phase, stages)
-    except NetError as e:
-        return report(e)
-    print(f"Drawing net to {args.out}")
-    return 0
+        print(f"Drawing net to {args.out}")
+        return 0
+    return run_tool(draw, args.debug)

@@ -21,7 +21,7 @@ from torch import nn
 
 from layers.base import Layer, Shape, SourceLayer, as_tuple
 from layers.registry import get_layer_class, load_python_layer
-from netdef.errors import NetError
+from netdef.errors import NetError, NetWarning
 from netdef.params import as_str, did_you_mean
 from netdef.spec import LayerDef, NetDef, load_net_def
 from nets.accel import to_channels_last
@@ -46,6 +46,16 @@ def default_device(device=None) -> torch.device:
     elif dev.type != "cpu":
         raise NetError(f"unsupported device '{device}' (use cpu or cuda)")
     return dev
+
+
+# What torch raises for shapes, values and memory a layer cannot take (user errors, not bugs).
+_SHAPE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError)
+_RUN_ERRORS = (RuntimeError, ValueError, IndexError, ArithmeticError)
+
+
+def _users(layer: Layer) -> bool:
+    """Whether the layer's class is a user's (not one of the project's layers)."""
+    return not type(layer).__module__.startswith(("layers.", "nets."))
 
 
 @dataclass
@@ -81,6 +91,9 @@ class Net(nn.Module):
         0 reads inline)."""
         super().__init__()
         self.definition: NetDef = load_net_def(net, phase, stages, level)
+        if not self.definition.layers:
+            which = f"net '{self.definition.name}'" if self.definition.name else "the net"
+            raise NetError(f"{self.definition.filename}: {which} has no layers in phase {phase}: nothing to run")
         self.phase = phase
         self.name = self.definition.name
         self.layers = nn.ModuleDict()
@@ -161,6 +174,10 @@ class Net(nn.Module):
         if other is not None and (layer.blob_names or other.has_blobs):
             raise NetError(f"{step.definition.where}: duplicate layer name '{step.name}' (also at "
                            f"{other.definition.loc}); layers with weights need unique names")
+        if other is not None:
+            warnings.warn(f"{step.definition.where}: duplicate layer name '{step.name}' (also at "
+                          f"{other.definition.loc}); Caffe allows it, but net.layer('{step.name}') finds the "
+                          f"first only", NetWarning, stacklevel=4)
         step.has_blobs = bool(layer.blob_names) or (other is not None and other.has_blobs)
         named[step.name] = step
 
@@ -177,7 +194,11 @@ class Net(nn.Module):
             module, layer_name = pp.first("module"), pp.first("layer")
             if module is None or layer_name is None:
                 raise NetError(f"{ls.where}: python_param needs both 'module' and 'layer'")
-            cls = load_python_layer(as_str(module), as_str(layer_name), ls.where)
+            # like Caffe run from the net's folder: its folder (and the current one) are searched too
+            import os
+            net_file = self.definition.filename
+            search = [os.path.dirname(os.path.abspath(net_file))] if os.path.isfile(net_file) else []
+            cls = load_python_layer(as_str(module), as_str(layer_name), ls.where, search)
             ps = pp.first("param_str")
             param_str = as_str(ps) if ps is not None else ""
             ls = LayerDef(**{**ls.__dict__, "blocks": {k: v for k, v in ls.blocks.items() if k != "python_param"}})
@@ -192,10 +213,12 @@ class Net(nn.Module):
             shapes = layer.infer_top_shapes(bottom_shapes)
         except NetError:
             raise
-        except (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError) as e:
+        except Exception as e:   # noqa: BLE001 - torch's shape errors, and any error of a user's own layer
+            if not isinstance(e, _SHAPE_ERRORS) and not _users(layer):
+                raise   # a bug of ours
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             shown = ", ".join(f"{b} {tuple(s)}" for b, s in zip(ls.bottoms, bottom_shapes))
-            raise NetError(f"{ls.where}: cannot run on bottoms {shown}: {detail}") from None
+            raise NetError(f"{ls.where}: cannot run on bottoms {shown}: {detail}") from e
         if len(shapes) != len(ls.tops):
             raise NetError(f"{ls.where}: produces {len(shapes)} top(s) but {len(ls.tops)} are named")
         return [tuple(int(d) for d in s) for s in shapes]
@@ -346,10 +369,15 @@ class Net(nn.Module):
 
     def _call(self, step: Step, bottoms: list[torch.Tensor]) -> tuple:
         """One layer on its bottoms; torch's errors become NetErrors."""
+        layer = self.layers[step.key]
         try:
-            return as_tuple(self.layers[step.key](*bottoms))
-        except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
-            # e.g. inputs of another shape than the net was built for; the cause stays chained
+            return as_tuple(layer(*bottoms))
+        except NetError:
+            raise
+        except Exception as e:   # noqa: BLE001 - torch's errors, and any error of a user's own layer
+            if not isinstance(e, _RUN_ERRORS) and not _users(layer):
+                raise   # a bug of ours
+            # e.g. inputs of another shape than the net was built for; the cause stays chained (--debug shows it)
             shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise NetError(f"{step.definition.where}: failed on bottoms {shown}: {detail}") from e

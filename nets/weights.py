@@ -14,23 +14,28 @@ mismatch leaves the net unchanged.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from netdef.errors import NetError
+from netdef.errors import NetError, NetWarning
 
-__all__ = ["save_weights", "load_weights", "LoadReport"]
+__all__ = ["save_weights", "load_weights", "LoadReport", "atomic_h5", "remove_stale_temp_files"]
 
 
 @dataclass
 class LoadReport:
-    """What load_weights did: layers copied, file layers the net lacks, net layers absent from the file."""
+    """What load_weights did: layers copied, file layers the net lacks, net layers absent from the file, and
+    loaded layers whose values are not all finite (NaN or Inf: a diverged run's weights)."""
     path: str
     loaded: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
+
 
     def __str__(self) -> str:
         text = f"loaded weights for {len(self.loaded)} layer(s) from '{self.path}'"
@@ -88,7 +93,8 @@ def save_weights(net, path) -> None:
 
 def atomic_h5(path: str, write, what: str) -> None:
     """Write an HDF5 file through `write(h5file)` into a temporary file in the same folder, then rename it into
-    place (an atomic rename; created by h5py, so the umask applies). A kill never leaves a half file at `path`."""
+    place (an atomic rename; created by h5py, so the umask applies). A kill never leaves a half file at `path`;
+    it may leave the temporary file `<path>.<pid>.tmp`, which remove_stale_temp_files() clears."""
     import h5py
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
@@ -100,6 +106,39 @@ def atomic_h5(path: str, write, what: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True      # someone else's process
+    return True
+
+
+def remove_stale_temp_files(prefix: str) -> list[str]:
+    """Remove the temporary files atomic_h5 left for paths starting with `prefix` (e.g. a snapshot prefix) when
+    the process that wrote them is gone (killed mid-write). Returns the paths removed."""
+    folder = os.path.dirname(prefix) or "."
+    stem = os.path.basename(prefix)
+    pattern = re.compile(re.escape(stem) + r".*\.h5\.(\d+)\.tmp$")
+    removed = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if m and not _process_alive(int(m.group(1))):
+            path = os.path.join(folder, name)
+            try:
+                os.remove(path)
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def _file_layers(data) -> dict[str, dict[str, object]]:
@@ -160,7 +199,10 @@ def _read(path: str, net) -> tuple[LoadReport, list[tuple[torch.Tensor, np.ndarr
                                    f"net has {net_shape}")
                 if ds.dtype.kind not in "fiu":
                     raise NetError(f"{path}: layer '{name}' blob {i}: not numeric data ({ds.dtype})")
-                copies.append((blob, ds[()]))
+                value = ds[()]
+                if value.dtype.kind == "f" and not np.isfinite(value).all() and name not in report.nonfinite:
+                    report.nonfinite.append(name)
+                copies.append((blob, value))
             report.loaded.append(name)
     return report, copies
 
@@ -179,6 +221,9 @@ def load_weights(net, path, strict: bool = False) -> LoadReport:
         raise NetError(f"cannot read weights '{path}': {detail}") from None
     if strict and report.missing:
         raise NetError(f"{path}: no weights for layer(s) {', '.join(report.missing)} of the net")
+    if report.nonfinite:
+        warnings.warn(f"'{path}' holds NaN or Inf values in layer(s) {', '.join(report.nonfinite)} (the run that "
+                      f"wrote it had diverged?)", NetWarning, stacklevel=2)
     with torch.no_grad():
         for blob, array in copies:
             native = np.float64 if array.dtype.itemsize == 8 else np.float32   # native byte order for torch

@@ -20,7 +20,7 @@ def test_demo_leaves_log_snapshot_table_plot_and_images(tmp_path, capsys):
             "rhd_synth_small_iter_4.solverstate.h5"} <= files
     assert any(f.startswith("skeleton_") for f in files) and any(f.startswith("heatmaps_") for f in files)
     log = (out / "train.log").read_text()
-    assert "Iteration 0, loss = " in log and "rhd_synth_small_iter_4.caffemodel.h5" in log
+    assert "] Iteration 0 (0 iter/s, " in log and "rhd_synth_small_iter_4.caffemodel.h5" in log
     assert "Optimization Done." in log
     rows = json.loads((out / "metrics.json").read_text())
     trained, baseline = rows["rhd_synth_small (trained)"], rows["mean-pose baseline"]

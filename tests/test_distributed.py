@@ -16,6 +16,8 @@ import torch
 from nets.net import Net
 from nets.solver import Solver, blobs_reaching_loss
 
+from caffe_log import messages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
 
@@ -81,7 +83,7 @@ def run(folder, *args, ranks=1):
 
 
 def losses(log):
-    return [float(v) for v in re.findall(r"^Iteration \d+, loss = (\S+)$", log, re.M)]
+    return [float(v) for v in re.findall(r"^Iteration \d+, loss = (\S+)$", "\n".join(messages(log)), re.M)]
 
 
 def weights(path):
@@ -175,7 +177,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_iteration_with_a_snapshot
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("Iteration 3, loss"):
+        if messages(line)[0].startswith("Iteration 3, loss"):
             os.killpg(proc.pid, signal.SIGINT)     # as a terminal's Ctrl-C: torchrun and both ranks get it
             break
     log = "".join(seen) + proc.communicate(timeout=90)[0]
@@ -188,4 +190,4 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_iteration_with_a_snapshot
     text = (setup / "slow_solver.prototxt").read_text().replace("max_iter: 1000", f"max_iter: {stopped + 1}")
     (setup / "slow_solver.prototxt").write_text(text)
     out = run(setup, "--solver", "slow_solver.prototxt", "--snapshot", f"snap4/{states[0]}", "--import", "slow.py")
-    assert f"Iteration {stopped}, loss" in out
+    assert f"Iteration {stopped}, loss" in "\n".join(messages(out))

@@ -6,6 +6,7 @@ must end in a one-line message naming the place."""
 
 import re
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,6 +77,7 @@ def test_seed_net_builds_and_runs_in_both_phases():
         assert torch.isfinite(net.loss)
 
 
+@pytest.mark.filterwarnings("ignore:.*duplicate layer name")   # a mutation may copy a layer: a NetWarning
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_nets_build_and_run_or_raise_net_error(data):

@@ -90,11 +90,14 @@ def test_in_place_layers_and_outputs_follow_caffe_rule():
 
 
 def test_layers_without_weights_may_share_a_name_as_in_caffe():
-    n = net("""
-        input: "x" input_shape { dim: 3 }
-        layer { name: "loss" type: "TestSumLoss" bottom: "x" top: "l1" }
-        layer { name: "loss" type: "TestSumLoss" bottom: "x" top: "l2" loss_weight: 2 }
-    """)
+    from netdef.errors import NetWarning
+    with pytest.warns(NetWarning, match=r"<string>:4:\d+: layer 'loss' \(TestSumLoss\): duplicate layer name 'loss' "
+                                        r"\(also at <string>:3:\d+\); Caffe allows it"):
+        n = net("""
+            input: "x" input_shape { dim: 3 }
+            layer { name: "loss" type: "TestSumLoss" bottom: "x" top: "l1" }
+            layer { name: "loss" type: "TestSumLoss" bottom: "x" top: "l2" loss_weight: 2 }
+        """)
     n.forward(x=torch.tensor([1.0, 2.0, 3.0]))
     assert n.loss.item() == pytest.approx(18.0)
     assert len(n.layers) == 3 and n.outputs == ["l1", "l2"]

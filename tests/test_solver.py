@@ -21,6 +21,8 @@ from nets.cli import main
 from netdef.errors import NetError
 from nets.solver import UPDATE_RULES, Solver, learning_rate
 
+from caffe_log import messages
+
 
 # ---- test-only data layers -------------------------------------------------------------------------------------
 
@@ -363,7 +365,7 @@ def test_test_nets_share_the_train_weights_and_average_over_test_iter(tmp_path, 
     with torch.no_grad():
         train_ip.weight.mul_(2)                                     # p = 2 i + 0.5, samples 3, 4, 5 -> 8.5
     solver.test(0)
-    out = capsys.readouterr().out.splitlines()
+    out = messages(capsys.readouterr().out)
     assert out == ["Iteration 0, Testing net (#0)",
                    "    Test net output #0: p = 1.5", "    Test net output #1: p = 0.5",
                    "Iteration 0, Testing net (#0)",
@@ -380,17 +382,20 @@ def test_log_lines_follow_caffe(tmp_path, capsys):
     path = write(tmp_path, "solver.prototxt", text)
     solver = Solver(path, device="cpu")
     losses = solver.solve()
-    out = capsys.readouterr().out.splitlines()
+    raw = capsys.readouterr().out.splitlines()
+    assert all(re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ solver\.py\] ", line) for line in raw), raw[0]
+    out = messages("\n".join(raw), keep_speed=True)
     num = r"-?[\d.]+(e[+-]\d+)?"
+    speed = f"\\({num} iter/s, {num}s/2 iters\\)"
     prefix = os.path.join(str(tmp_path), "snap")
     patterns = [
         "Solving dummy", "Learning Rate Policy: fixed",
         "Iteration 0, Testing net \\(#0\\)", f"Test loss: {num}",
         f"    Test net output #0: loss = {num} \\(\\* 0.5 = {num} loss\\)",
-        f"Iteration 0, loss = {num}", f"    Train net output #0: loss = {num} \\(\\* 0.5 = {num} loss\\)",
+        f"Iteration 0 {speed}, loss = {num}", f"    Train net output #0: loss = {num} \\(\\* 0.5 = {num} loss\\)",
         "Iteration 0, lr = 0.1",
         "Iteration 2, Testing net \\(#0\\)", f"Test loss: {num}", f"    Test net output #0: loss = {num} .*",
-        f"Iteration 2, loss = {num}", f"    Train net output #0: loss = {num} .*", "Iteration 2, lr = 0.1",
+        f"Iteration 2 {speed}, loss = {num}", f"    Train net output #0: loss = {num} .*", "Iteration 2, lr = 0.1",
         f"Snapshotting to HDF5 file {re.escape(prefix)}_iter_3.caffemodel.h5",
         f"Snapshotting solver state to HDF5 file {re.escape(prefix)}_iter_3.solverstate.h5",
         f"Snapshotting to HDF5 file {re.escape(prefix)}_iter_4.caffemodel.h5",
@@ -416,7 +421,7 @@ def test_multistep_status_line(tmp_path, capsys):
     text = solver_text(str(tmp_path / "net.prototxt"), lr_policy='"multistep"', gamma=0.1, stepvalue=[1, 1],
                        display=1)
     Solver(text, device="cpu").step(3)
-    out = [line for line in capsys.readouterr().out.splitlines() if "lr" in line or "MultiStep" in line]
+    out = [line for line in messages(capsys.readouterr().out) if "lr" in line or "MultiStep" in line]
     assert out == ["Iteration 0, lr = 0.1", "MultiStep Status: Iteration 1, step = 1", "Iteration 1, lr = 0.01",
                    "MultiStep Status: Iteration 2, step = 2", "Iteration 2, lr = 0.001"]
 
@@ -538,7 +543,7 @@ def test_resume_is_exact(tmp_path, capsys, deterministic):
                 (solver.train_net if net == "train" else solver.test_nets[0]).layer(layer).register_forward_hook(hook)
             capsys.readouterr()
             losses = solver.solve(resume=resume)
-            log = capsys.readouterr().out.splitlines()
+            log = messages(capsys.readouterr().out)
             return losses, log, [pi.tensor.detach().clone() for pi in solver.params], solver
 
     straight, log, weights, _ = run()
@@ -703,7 +708,7 @@ def test_cli_trains_resumes_and_exits_130_on_ctrl_c(tmp_path, capsys, monkeypatc
                                                      "--solver solver.prototxt --snapshot s_iter_2.solverstate.h5")
     assert "Iteration 1, lr = 0.1" in captured.out and "Iteration 2," not in captured.out
     rc = main(["--solver", "solver.prototxt", "--device", "cpu", "--snapshot", "s_iter_2.solverstate.h5"])
-    out = capsys.readouterr().out.splitlines()
+    out = messages(capsys.readouterr().out)
     assert rc == 0
     assert out[2] == "Restoring previous solver status from s_iter_2.solverstate.h5"
     assert out[3].startswith("Iteration 2, loss = ") and out[-1] == "Optimization Done."

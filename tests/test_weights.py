@@ -273,6 +273,7 @@ def test_save_errors(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.filterwarnings("ignore:.*duplicate layer name")
 def test_weightless_layers_may_share_a_name(tmp_path):
     net = make_net("""
         layer { name: "dup" type: "DummyData" top: "x" dummy_data_param { shape { dim: 1 dim: 3 } } }

@@ -99,12 +99,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iter", type=int, help="override the solver's max_iter")
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--workers", type=int, default=None, help="data processes (default: min(2, cores))")
+    from netdef.errors import add_debug_flag, run_tool
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
-    from netdef.errors import NetError, report
-    try:
-        return run(args)
-    except NetError as e:
-        return report(e)
+    return run_tool(lambda: run(args), args.debug)
 
 
 def run(args) -> int:

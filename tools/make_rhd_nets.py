@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import layers  # noqa: E402,F401  (registers the layer types NetSpec checks kwargs against)
 from layers.hand.ground_truth import DEPTH_LB, DEPTH_UB  # noqa: E402
+from netdef.errors import add_debug_flag, run_tool  # noqa: E402
 from nets.netspec import NetSpec, generated_by, layers as L, params as P  # noqa: E402
 
 DEFAULT_ROOT = "data/rhd"
@@ -318,11 +319,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="make_rhd_nets.py", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=DEFAULT_ROOT, help=f"the converted data's folder (default {DEFAULT_ROOT})")
     ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where the files go (default {DEFAULT_OUT})")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     command = ["tools/make_rhd_nets.py"] + (["--root", args.root] if args.root != DEFAULT_ROOT else [])
-    for path in write_all(args.out_dir, args.root, command):
-        print(path)
-    return 0
+
+    def make() -> int:
+        for path in write_all(args.out_dir, args.root, command):
+            print(path)
+        return 0
+    return run_tool(make, args.debug)
 
 
 if __name__ == "__main__":

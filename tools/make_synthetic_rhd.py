@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd.synthetic import make_dataset  # noqa: E402
-from netdef.errors import NetError, report  # noqa: E402
+from netdef.errors import add_debug_flag, run_tool  # noqa: E402
 
 
 def _count(text: str) -> int:
@@ -46,17 +46,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=_count, default=0, metavar="S", help="random seed (default 0)")
     ap.add_argument("--workers", type=_positive, default=None, metavar="K",
                     help="worker processes (default: the number of CPUs)")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
+    return run_tool(lambda: _make(args), args.debug,
+                    "interrupted by Ctrl-C: the release is incomplete, run the same command again")
 
+
+def _make(args) -> int:
     from tqdm import tqdm
     start = time.perf_counter()
-    try:
-        with tqdm(total=args.train + args.eval, desc="images", file=sys.stderr, disable=not sys.stderr.isatty(),
-                  leave=False) as bar:
-            root = make_dataset(args.out, args.train, args.eval, args.seed, workers=args.workers,
-                                progress=bar.update)
-    except NetError as e:
-        return report(e)
+    with tqdm(total=args.train + args.eval, desc="images", file=sys.stderr, disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        root = make_dataset(args.out, args.train, args.eval, args.seed, workers=args.workers,
+                            progress=bar.update)
     seconds = time.perf_counter() - start
     print(f"wrote {args.train} training and {args.eval} evaluation images to {root} in {seconds:.1f} s")
     return 0

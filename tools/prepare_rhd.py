@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from layers.hand.rhd import convert, memo  # noqa: E402
 from nets.cli import positive_int  # noqa: E402
-from netdef.errors import NetError, report  # noqa: E402
+from netdef.errors import add_debug_flag, run_tool  # noqa: E402
 
 
 def _parser():
@@ -27,20 +27,18 @@ def _parser():
                     help="worker processes (default: all cores, %(default)s here)")
     ap.add_argument("--splits", nargs="+", choices=memo.SPLITS, default=list(memo.SPLITS),
                     help="splits to convert (default: both)")
+    add_debug_flag(ap)
     return ap
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def prepare() -> int:
         summary = convert.convert(args.rhd_root, args.out, args.splits, args.workers, progress=sys.stderr.isatty())
-    except NetError as e:
-        return report(e)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to finish", file=sys.stderr)
-        return 130
-    print(convert.format_summary(summary))
-    return 0
+        print(convert.format_summary(summary))
+        return 0
+    return run_tool(prepare, args.debug, "interrupted by Ctrl-C: run the same command again to finish")
 
 
 if __name__ == "__main__":

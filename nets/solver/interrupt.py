@@ -1,6 +1,7 @@
-"""Ctrl-C while training: the first SIGINT asks the solver to stop after the current iteration (it then writes
-a snapshot); a second one raises KeyboardInterrupt at once. Data worker processes forked meanwhile inherit the
-handler and ignore SIGINT (the main process stops them)."""
+"""Ctrl-C (SIGINT) or SIGTERM while training: the first asks the solver to stop after the current iteration (it
+then writes a snapshot); a second one raises KeyboardInterrupt at once. SIGTERM counts as Ctrl-C because batch
+schedulers and torchrun stop jobs with it. Data worker processes forked meanwhile inherit the handler and
+ignore both signals (the main process stops them)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import os
 import signal
 import threading
 import time
-from typing import Callable
 
-__all__ = ["StopRequest"]
+__all__ = ["StopRequest", "SIGNALS"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
@@ -21,6 +23,7 @@ class StopRequest:
     def __init__(self, rank: int = 0, world: int = 1):
         self.rank, self.world = rank, world
         self.requested = False
+        self.signal: int | None = None     # the signal that asked to stop (SIGINT or SIGTERM)
         self.agreed = False
         self._presses = 0
         self._guarded = False
@@ -30,9 +33,8 @@ class StopRequest:
         return self.agreed if self.world > 1 else self.requested
 
     @contextlib.contextmanager
-    def guard(self, iteration: Callable[[], int]):
-        """Catch SIGINT while the block runs (main thread only; nested guards are one). `iteration()` is the
-        iteration the message names."""
+    def guard(self):
+        """Catch SIGINT and SIGTERM while the block runs (main thread only; nested guards are one)."""
         if self._guarded or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -49,21 +51,24 @@ class StopRequest:
             first[0] = first[0] or time.monotonic()
             self._presses += 1
             if self._presses > 1:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                for s in SIGNALS:
+                    signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
                 raise KeyboardInterrupt
-            self.requested = True
+            self.requested, self.signal = True, signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             if self.world > 1:    # the ranks agree on the iteration at their next collective
                 if self.rank == 0:
-                    os.write(2, b"\nCtrl-C: all ranks stop after the next iteration they agree on, then rank 0 "
-                                b"writes a snapshot (Ctrl-C again aborts at once)\n")
+                    os.write(2, f"\n{name}: all ranks stop after the next iteration they agree on, then rank 0 "
+                                f"writes a snapshot ({name} again aborts at once)\n".encode())
             else:
-                os.write(2, f"\nCtrl-C: stopping after iteration {iteration()}, then writing a snapshot "
-                            f"(Ctrl-C again aborts at once)\n".encode())
+                os.write(2, f"\n{name}: stopping after the current iteration, then writing a snapshot "
+                            f"({name} again aborts at once)\n".encode())
 
-        previous = signal.signal(signal.SIGINT, handler)
-        self._guarded, self.requested, self.agreed = True, False, False
+        previous = {s: signal.signal(s, handler) for s in SIGNALS}
+        self._guarded, self.requested, self.agreed, self.signal = True, False, False, None
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler_before in previous.items():
+                signal.signal(s, handler_before)
             self._guarded, self._presses = False, 0

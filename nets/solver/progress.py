@@ -1,12 +1,37 @@
 """What a training run shows: Caffe's log lines on stdout (rank 0 only) and, on a terminal, a tqdm bar on
-stderr that the log lines print above."""
+stderr that the log lines print above.
+
+Each line carries glog's header as Caffe's do, so tools written for Caffe logs (tools/extra/parse_log.py,
+plot_training_log.py) read ours:
+
+    I1130 04:12:03.517210 81234 solver.py] Iteration 200 (9.71 iter/s, 20.6s/200 iters), loss = 0.513
+
+(severity I, month and day, wall time with microseconds, process id, source file) then Caffe's message.
+`strip_header` gives the message back.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
+import re
 import sys
+import time
 
-__all__ = ["Progress", "fmt"]
+__all__ = ["Progress", "fmt", "glog_header", "strip_header"]
+
+_HEADER = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]\s]+\] ")
+
+
+def glog_header(source: str = "solver.py", severity: str = "I") -> str:
+    now = datetime.datetime.now()
+    return f"{severity}{now:%m%d %H:%M:%S.%f} {os.getpid():5d} {source}] "
+
+
+def strip_header(line: str) -> str:
+    """A log line without its glog header."""
+    return _HEADER.sub("", line, count=1)
 
 
 def fmt(x: float) -> str:
@@ -18,10 +43,23 @@ class Progress:
     def __init__(self, rank: int = 0):
         self.rank = rank
         self._bar = None
+        self._since = (time.perf_counter(), 0)     # when and at which iteration the speed was last measured
+
+    def start_timer(self, iteration: int) -> None:
+        """Measure the speed from here (Caffe restarts its iteration timer at each Step())."""
+        self._since = (time.perf_counter(), iteration)
+
+    def speed(self, iteration: int, display: int) -> str:
+        """Caffe's '(per_s iter/s, lapse s/display iters)' since the last call or start_timer()."""
+        t0, i0 = self._since
+        lapse = time.perf_counter() - t0
+        self._since = (time.perf_counter(), iteration)
+        return f"({fmt((iteration - i0) / (lapse or 1.0))} iter/s, {fmt(lapse)}s/{display} iters)"
 
     def log(self, line: str) -> None:
         if self.rank != 0:
             return
+        line = glog_header() + line
         if self._bar is not None and not self._bar.disable:
             self._bar.write(line, file=sys.stdout)
             sys.stdout.flush()

@@ -29,7 +29,7 @@ from nets.solver.rules import UPDATE_RULES
 from nets.solver.state import (capture_rng, check_state, rank_seed, read_state, restore_rng, seed_all,
                                write_state)
 from nets.solver.update import apply_update
-from nets.weights import atomic_h5, load_weights, save_weights
+from nets.weights import atomic_h5, load_weights, remove_stale_temp_files, save_weights
 
 __all__ = ["Solver"]
 
@@ -52,6 +52,11 @@ class Solver:
             p.train_state.level = level
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.prefix = build.snapshot_prefix(p)
+        if self.prefix is not None and self.rank == 0:
+            stale = remove_stale_temp_files(self.prefix)
+            if stale:
+                print(f"note: removed {len(stale)} temporary file(s) of a snapshot that was killed while being "
+                      f"written: {', '.join(stale)}", file=sys.stderr, flush=True)
         self.device = default_device(device)
         self.progress = Progress(self.rank)
         self.stop = StopRequest(self.rank, self.world)
@@ -206,7 +211,8 @@ class Solver:
         p = self.param
         stop = self.iter + iters
         out = []
-        with self.stop.guard(lambda: self.iter), self.progress.bar(stop, self.iter):
+        self.progress.start_timer(self.iter)
+        with self.stop.guard(), self.progress.bar(stop, self.iter):
             while self.iter < stop:
                 if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                     before = self._capture()
@@ -219,7 +225,8 @@ class Solver:
                 loss = self._agree(loss)
                 smoothed = self._smoothed(loss)
                 if display:
-                    self._log(f"Iteration {self.iter}, loss = {fmt(smoothed)}")
+                    speed = self.progress.speed(self.iter, p.display)
+                    self._log(f"Iteration {self.iter} {speed}, loss = {fmt(smoothed)}")
                     values = self._mean_outputs(outputs)
                     self.progress.output_lines("Train", self.train_net.outputs, values, self._loss_weights)
                 self._apply_update()
@@ -235,7 +242,7 @@ class Solver:
     def solve(self, resume: str | None = None) -> list[float]:
         """Train to max_iter (Caffe's Solver::Solve), optionally resuming from a solver state file. Returns the
         losses of the iterations run."""
-        with self.stop.guard(lambda: self.iter):
+        with self.stop.guard():
             return self._solve(resume)
 
     def _solve(self, resume: str | None) -> list[float]:

@@ -209,10 +209,13 @@ def check_state(saved: SavedState, *, solver_type: str, params, history, n_histo
         raise NetError(f"{len(saved.history)} history blob(s), the net and solver need {len(history)} "
                        f"({len(params)} learnable param(s) x {n_history})")
     for i, (value, h) in enumerate(zip(saved.history, history)):
+        pi = params[i % len(params)]
         if tuple(value.shape) != tuple(h.shape):
-            pi = params[i % len(params)]
             raise NetError(f"history/{i} has shape {tuple(value.shape)} but param {pi.index} of layer "
                            f"'{pi.layer}' has {tuple(h.shape)}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise NetError(f"history/{i} (param {pi.index} of layer '{pi.layer}') holds NaN or Inf values: the run "
+                           f"had diverged; resume from an earlier snapshot")
     sources = saved.sources
     if len(sources) != len(nets):
         raise NetError(f"index states for {len(sources)} net(s), the solver has {len(nets)}")

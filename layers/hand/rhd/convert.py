@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from collections import Counter
@@ -370,7 +371,10 @@ def convert(rhd_root: str, out: str, splits=memo.SPLITS, workers: int | None = N
     # cv2.setNumThreads in the workers: called in a forked child after the parent used OpenCV's thread pool,
     # it deadlocks.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    pool = ctx.Pool(workers) if workers > 1 else None
+    # workers ignore Ctrl-C (the terminal sends it to all of them): the main process stops them, quietly
+    pool = None
+    if workers > 1:
+        pool = ctx.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         summary = {}
         for split in splits:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 
 import cv2
@@ -537,7 +538,9 @@ def make_dataset(out_dir: str, num_train: int, num_eval: int, seed: int, workers
     if workers == 1:
         collect(map(_write_sample, tasks))
     else:
-        with _pool_context().Pool(workers) as pool:
+        # workers ignore Ctrl-C (the terminal sends it to all of them): the main process stops them, quietly
+        ignore_sigint = dict(initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+        with _pool_context().Pool(workers, **ignore_sigint) as pool:
             chunk = max(1, min(16, len(tasks) // (4 * workers)))
             collect(pool.imap_unordered(_write_sample, tasks, chunksize=chunk))
     for split in SPLITS:
