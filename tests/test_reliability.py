@@ -47,10 +47,15 @@ def solver_file(folder, max_iter=3, **extra):
     return write(folder, "solver.prototxt", "".join(f"{k}: {v}\n" for k, v in fields.items()))
 
 
+def _default_sigint():
+    # a shell's background job starts with SIGINT ignored, and a child inherits that: undo it, as a terminal has it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, cwd, **kw):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen([sys.executable, RUN_NET, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def read_until(proc, prefix, timeout=60):
@@ -120,7 +125,7 @@ def test_ctrl_c_during_prepare_rhd_is_quiet(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "prepare_rhd.py"), "--rhd-root", release,
                              "--out", str(tmp_path / "rhd"), "--workers", "2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
     state = tmp_path / "rhd" / ".convert_state" / "training"
     deadline = time.time() + 60
     while not (state.is_dir() and any(state.iterdir())) and time.time() < deadline:
