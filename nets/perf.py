@@ -1,7 +1,8 @@
-"""Process-wide performance settings.
+"""Process-wide settings of the source stage's processes (Linux, glibc, through ctypes).
 
-    from nets.perf import keep_freed_memory
-    keep_freed_memory()      # once per process: the source stage does it, and in its DataLoader workers
+    from nets.perf import die_with_parent, keep_freed_memory
+    keep_freed_memory()          # once per process: the source stage does it, and in its DataLoader workers
+    die_with_parent(parent_pid)  # in each DataLoader worker: it ends when the main process ends, even by SIGKILL
 
 It does not import torch.
 """
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import signal
 import sys
+import threading
+import time
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["die_with_parent", "keep_freed_memory"]
 
 # glibc's mallopt parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -61,3 +66,54 @@ def _apply() -> bool:
     if not any(mallopt(_M_MMAP_THRESHOLD, value) for value in _MMAP_THRESHOLDS):
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+_PR_SET_PDEATHSIG = 1      # linux/prctl.h
+POLL_SECONDS = 0.5
+
+
+def die_with_parent(parent_pid: int | None, kernel_signal: bool = True) -> str:
+    """End this process (SIGKILL to itself) as soon as its parent process dies, however the parent dies.
+
+    Why: torch's DataLoader workers look for a dead main process only every 5 s while idle, and a worker whose
+    results fill its pipe to a dead main process never ends (at exit it waits to flush them into a pipe whose
+    read end the other workers still hold open): SIGKILLed or OOM-killed main processes left workers running.
+    Call it first thing in the child, with `parent_pid` the pid of the process that started it (None when that
+    is not this process's direct parent, e.g. under a forkserver).
+
+    kernel_signal=True (Linux): prctl(PR_SET_PDEATHSIG, SIGKILL), the kernel kills this process the moment its
+    parent exits; then, against the race of a parent that died before the prctl, this process kills itself
+    when its parent is no longer `parent_pid`. The kernel ties the signal to the parent *thread* that forked
+    this process, so use it only for children started from the parent's main thread (or any thread that
+    outlives them). Otherwise (kernel_signal=False, or no prctl), a daemon thread polls os.getppid() every
+    POLL_SECONDS and kills this process when the parent has changed (needs `parent_pid`).
+
+    Returns "signal", "poll" or "none" (nothing could be set up: not Linux, or no parent_pid to poll against).
+    """
+    if kernel_signal and sys.platform.startswith("linux") and _set_pdeathsig(signal.SIGKILL):
+        if parent_pid is not None and os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)     # the parent died before the prctl took effect
+        return "signal"
+    if parent_pid is None or not hasattr(os, "getppid") or sys.platform.startswith("win"):
+        return "none"
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="die_with_parent", daemon=True).start()
+    return "poll"
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)

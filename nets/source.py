@@ -13,12 +13,30 @@ values exactly. The stage applies nets.perf.keep_freed_memory() in the main proc
 
 Exact resume: index layers run ahead of the network by the prefetched batches, so the stage remembers the index
 layers' state after each batch it hands out (`state()`), not the state of the batch drawn last.
+
+Errors: a NetError of a reader (a missing or corrupt file, a bad index...) reaches the caller of next_batch()
+as the same one-line NetError with any number of workers. A worker does not raise it: it returns it as the
+batch's data (_Failed), and the main process raises it when that batch is due (an index layer's NetError,
+raised in the main process while drawing ahead, likewise waits for its batch's turn). Why not let torch carry it:
+torch re-raises a worker's exception as a new one whose message is the worker's whole traceback text
+("Caught NetError in DataLoader worker process 0. Original Traceback ..."), and undoing that would mean
+parsing torch's text. As data, the error keeps its place in the batch order (batches drawn before it are
+handed out first) and the workers keep running: a failed batch counts as consumed, in the index layers'
+state too, so the next batch is the same with workers 0 and N. Any other exception in a worker is a bug,
+and torch's traceback is what one wants for it.
+
+Workers never outlive the main process: each asks the kernel to SIGKILL it when the main process dies
+(nets.perf.die_with_parent), even by SIGKILL or the OOM killer, where torch's own check (every 5 s, between
+batches) may never run in a worker blocked on a full pipe.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import multiprocessing
 import os
+import threading
 import weakref
 from typing import TYPE_CHECKING
 
@@ -28,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from layers.base import SourceLayer, as_tuple
 from netdef.errors import NetError
-from nets.perf import keep_freed_memory
+from nets.perf import die_with_parent, keep_freed_memory
 
 if TYPE_CHECKING:
     from nets.net import Step
@@ -51,8 +69,20 @@ def _run_steps(steps, modules, blobs: dict, compact=frozenset()) -> dict:
     return blobs
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, parent_pid: int | None = None, kernel_signal: bool = True) -> None:
+    die_with_parent(parent_pid, kernel_signal)
     keep_freed_memory()     # inherited through fork; spawned workers need the call
+
+
+def _worker_init_fn():
+    """The workers' init, bound to this process: `parent_pid` when the workers are its direct children (fork
+    and spawn; a forkserver is their parent otherwise, and it dies with this process). The kernel's parent-death
+    signal follows the forking thread, so it is used when that thread lives as long as the process (the main
+    thread; a forkserver forks from its own); workers started from another thread poll their parent instead."""
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    direct = method in ("fork", "spawn")
+    kernel_signal = not direct or threading.current_thread() is threading.main_thread()
+    return functools.partial(_worker_init, parent_pid=os.getpid() if direct else None, kernel_signal=kernel_signal)
 
 
 def _shutdown(loader_iter) -> None:
@@ -85,15 +115,42 @@ def _unchanged(x):
     return x     # the DataLoader's collate: keep the _Wire as it is
 
 
+class _Failed:
+    """A reader's NetError on its way from a worker to the main process, as data (see the module doc). It
+    travels as its type and message (a NetError subclass that cannot be rebuilt from its message arrives as a
+    NetError with the same message)."""
+
+    def __init__(self, error: NetError):
+        self.error = error
+
+    def __reduce__(self):
+        return _failed, (type(self.error), str(self.error))
+
+
+def _failed(kind: type, message: str) -> _Failed:
+    try:
+        error = kind(message)
+    except Exception:
+        error = None
+    if not isinstance(error, NetError) or str(error) != message:
+        error = NetError(message)
+    return _Failed(error)
+
+
 class _Readers(Dataset):
     """Runs the reader layers for one batch of index blobs (inside a worker process when workers > 0)."""
 
     def __init__(self, steps, modules: dict, compact: frozenset):
         self.steps, self.modules, self.compact = steps, modules, compact
 
-    def __getitem__(self, index_blobs: dict) -> _Wire:
-        with torch.no_grad():
-            blobs = _run_steps(self.steps, self.modules, dict(index_blobs), self.compact)
+    def __getitem__(self, index_blobs: dict | _Failed) -> _Wire | _Failed:
+        if isinstance(index_blobs, _Failed):     # the draw failed in the main process: pass it on
+            return index_blobs
+        try:
+            with torch.no_grad():
+                blobs = _run_steps(self.steps, self.modules, dict(index_blobs), self.compact)
+        except NetError as e:
+            return _Failed(e)
         # only the readers' tops go back: the main process kept the index blobs it drew
         return _Wire({t: blobs[t] for step in self.steps for t in step.tops})
 
@@ -102,15 +159,21 @@ class _Readers(Dataset):
 
 
 class _Draws(Sampler):
-    """Endless stream of index blobs, drawn in the main process, in order."""
+    """Endless stream of index blobs, drawn in the main process, in order. A draw that fails (an index layer's
+    NetError) goes on as a _Failed in its place, raised when its batch is due, as with workers = 0."""
 
     def __init__(self, stage: "SourceStage"):
         self.stage = stage
 
     def __iter__(self):
+        stage = self.stage
         while True:
-            drawn = self.stage._draw()
-            self.stage._pending_draws.append(drawn)
+            try:
+                drawn = stage._draw()
+            except NetError as e:
+                stage._pending_states.append(stage._capture())
+                drawn = _Failed(e)
+            stage._pending_draws.append(drawn)
             yield drawn
 
 
@@ -194,15 +257,28 @@ class SourceStage:
         """The next batch of every source blob, as CPU tensors; compact readers' tops in their stored type (see the
         module doc), which the Net casts."""
         if self.workers == 0:
-            batch = _run_steps(self.reader_steps, self.layers, self._draw(), self.compact)
-        else:
-            if self._iter is None:
-                self._start()
-            tops = next(self._iter)
-            batch = self._pending_draws.popleft()
-            batch.update(tops.tensors() if isinstance(tops, _Wire) else tops)   # pinned: already tensors
+            try:
+                drawn = self._draw()
+            except NetError:
+                self._consumed_state = self._capture()     # as with workers: the failed draw is consumed
+                raise
+            # consumed before it is read: a failed batch counts as consumed (as with workers)
+            self._consumed_state = self._pending_states.popleft()
+            return _run_steps(self.reader_steps, self.layers, drawn, self.compact)
+        if self._iter is None:
+            self._start()
+        tops = next(self._iter)
+        batch = self._pending_draws.popleft()
         self._consumed_state = self._pending_states.popleft()
+        if isinstance(tops, _Failed):
+            raise tops.error
+        batch.update(tops.tensors() if isinstance(tops, _Wire) else tops)   # pinned: already tensors
         return batch
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running worker processes (none before the first batch or after close())."""
+        workers = getattr(self._iter, "_workers", None) or []   # torch's iterator's multiprocessing.Process list
+        return [w.pid for w in workers if w.pid is not None]
 
     def _start(self) -> None:
         modules = {s.key: self.layers[s.key] for s in self.reader_steps}
@@ -212,7 +288,7 @@ class SourceStage:
         self._loader = DataLoader(readers, batch_size=None, sampler=_Draws(self), num_workers=self.workers,
                                   collate_fn=_unchanged,
                                   prefetch_factor=self.prefetch, persistent_workers=False,
-                                  pin_memory=self.pin_memory, worker_init_fn=_worker_init,
+                                  pin_memory=self.pin_memory, worker_init_fn=_worker_init_fn(),
                                   # its own generator: starting workers must not draw from torch's global RNG
                                   # (that would shift Dropout masks and break exact resume)
                                   generator=torch.Generator().manual_seed(0))

@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import pickle
+import re
 
 import cv2
 import h5py
@@ -251,6 +252,8 @@ def test_corrupt_png_and_malformed_text_name_the_file_and_sample(tmp_path):
     write_packed(memo.packed_path(root, "training"), t, "training", 2)               # pixels
     with h5py.File(memo.packed_path(root, "training"), "r+") as f:
         f["crop_shape"][1] = (31, 30)
+        x1, y1 = (int(v) for v in f["bbox"][1][:2])
+        f["bbox"][1] = (x1, y1, x1 + 29, y1 + 30)     # a box of the recorded shape: the pixels are too few
     with pytest.raises(NetError, match=r"crop of sample 1 in '.*packed\.h5' has 2700 bytes for 31 x 30 x 3 pixels"):
         image_reader(root, packed=True)(index([1]))
 
@@ -407,3 +410,137 @@ def test_rewritten_packed_file_is_reopened(tmp_path):
     f = packed_file(memo.packed_path(root, "training"))
     assert f.n == 2 and f.index_list().tolist() == [0, 1]
     assert np.array_equal(f.avg_bone(), t2["avg_bone"].astype(np.float32))
+
+
+# ---- bad files print nothing; crop sizes; the same one-line error with worker processes ----------------------
+
+def png_with_header_only(h: int, w: int) -> bytes:
+    """A PNG whose chunks are whole and CRC-correct, with an h x w IHDR but a 3-byte IDAT: its header claims
+    the size, decoding it would fail (so a size error proves the reader did not decode it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", b"\x78\x9c\x03") + chunk(b"IEND", b""))
+
+
+def test_truncated_garbled_and_empty_pngs_are_refused_without_a_word_on_stderr(tmp_path, capfd):
+    root = str(tmp_path)
+    t = write_memo(root, num_images=2, unusable=(), crop_sizes=[30, 30, 30, 30], packed=False)
+    paths = [memo.sample_path(root, "training", "crop_image", i) for i in range(4)]
+    png = t["png"][0]
+    garbled = bytearray(png)
+    garbled[len(png) // 2] ^= 0xFF                                   # one flipped byte inside IDAT
+    for path, data in zip(paths, (png[:len(png) // 2], bytes(garbled), b"", png[:20])):
+        with open(path, "wb") as f:
+            f.write(data)
+    layer = image_reader(root)
+    want = [r"truncated PNG \(\d+ bytes, its 'IDAT' chunk at byte 33 ends at \d+\)",
+            r"CRC error in the PNG's 'IDAT' chunk at byte 33", "empty file",
+            r"truncated PNG \(20 bytes, its 'IHDR' chunk at byte 8 ends at 33\)"]
+    capfd.readouterr()
+    for i, (path, detail) in enumerate(zip(paths, want)):
+        with pytest.raises(NetError, match=rf"unreadable or corrupt image '{path}' \(sample {i}\): {detail}$"):
+            layer(index([i]))
+    assert capfd.readouterr() == ("", "")          # neither OpenCV's '[ WARN ...]' nor libpng's lines
+
+
+@pytest.mark.parametrize("packed", ["text", "pixels", "png"])
+def test_a_crop_of_another_size_than_its_box_is_refused(tmp_path, packed):
+    root = str(tmp_path)
+    t = write_memo(root, num_images=2, unusable=(), crop_sizes=[30, 30, 30, 30], packed=False)
+    t["crop"][2] = np.zeros((40, 30, 3), np.uint8)                  # its box is 30 x 30
+    t["png"][2] = cv2.imencode(".png", t["crop"][2])[1].tobytes()
+    path = memo.sample_path(root, "training", "crop_image", 2)
+    with open(path, "wb") as f:
+        f.write(t["png"][2])
+    x1, y1, x2, y2 = t["bbox"][2]
+    if packed == "text":
+        where = re.escape(f"'{path}' (sample 2)")
+    else:
+        write_packed(memo.packed_path(root, "training"), t, "training", 2, version=2 if packed == "pixels" else 1)
+        where = re.escape(f"of sample 2 in '{memo.packed_path(root, 'training')}'")
+    layer = image_reader(root, packed != "text")
+    assert layer(index([0, 1, 3])).shape == (3, 3, S, S)          # the others are their box's size
+    with pytest.raises(NetError, match=rf"layer 'r' \(ReadImage\): crop {where} is 40 x 30 pixels \(H x W\), "
+                                       rf"expected 30 x 30, the size of its box \(x1, y1, x2, y2\) = "
+                                       rf"\({x1}, {y1}, {x2}, {y2}\)$"):
+        layer(index([1, 2]))
+
+
+def test_an_oversized_crop_is_refused_before_it_is_decoded(tmp_path):
+    root = str(tmp_path)
+    write_memo(root, num_images=1, unusable=(), crop_sizes=[30, 30], packed=False)
+    path = memo.sample_path(root, "training", "crop_image", 1)
+    with open(path, "wb") as f:
+        f.write(png_with_header_only(8000, 8000))
+    for field, v in zip(memo.BBOX_FIELDS, (0, 0, 7999, 7999)):        # a box of that size too
+        with open(memo.sample_path(root, "training", field, 1), "w") as f:
+            f.write(f"{v}\n")
+    with pytest.raises(NetError, match=rf"crop '{path}' \(sample 1\) is 8000 x 8000 pixels \(H x W\), "
+                                       rf"expected at most 4096 x 4096$"):
+        image_reader(root)(index([1]))
+    # the author's form has no box: the bound alone, from a PNG's header or after decoding another format
+    (tmp_path / "0.png").write_bytes(cv2.imencode(".png", np.zeros((1, 4097, 3), np.uint8))[1].tobytes())
+    (tmp_path / "1.bmp").write_bytes(cv2.imencode(".bmp", np.zeros((4100, 2, 3), np.uint8))[1].tobytes())
+    (tmp_path / "2.png").write_bytes(cv2.imencode(".png", np.zeros((50, 4096, 3), np.uint8))[1].tobytes())
+    for i, suffix, size in ((0, ".png", "1 x 4097"), (1, ".bmp", "4100 x 2")):
+        layer = make_layer(f'name: "im" type: "ReadImage" bottom: "i" top: "im" read_image_param {{ '
+                           f'read_path: "{tmp_path}/" image_suffix: "{suffix}" resize_size: 8 }}',
+                           bottom_shapes=[(1, 1)])
+        with pytest.raises(NetError, match=rf"crop '{tmp_path}/{i}\{suffix}' \(sample {i}\) is {size} pixels"):
+            layer(index([i]))
+    layer = make_layer(f'name: "im" type: "ReadImage" bottom: "i" top: "im" read_image_param {{ '
+                       f'read_path: "{tmp_path}/" resize_size: 8 }}', bottom_shapes=[(1, 1)])
+    assert layer(index([2])).shape == (1, 3, 8, 8)                  # 4096 is allowed, and any shape
+
+
+def _break_png(root):
+    path = memo.sample_path(root, "training", "crop_image", 1)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+
+
+def _break_bbox(root):
+    open(memo.sample_path(root, "training", "bbx_x2", 2), "w").write("12.5\n")
+
+
+def _break_gt_3d(root):
+    path = memo.sample_path(root, "training", "gt_3d", 4)
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join(lines[:-1]) + "\n")
+
+
+def _break_index(root):
+    open(memo.index_list_path(root, "training"), "w").write("0\n1\n99\n2\n")
+
+
+def _break_packed(root):
+    open(memo.packed_path(root, "training"), "wb").write(b"not hdf5 at all")
+
+
+@pytest.mark.parametrize("packed, damage, says", [
+    ("false", _break_png, r"unreadable or corrupt image '.*/crop_image/1\.png' \(sample 1\): truncated PNG"),
+    ("false", _break_bbox, r"malformed file '.*/bbx_x2/2\.txt' \(sample 2\)"),
+    ("false", _break_gt_3d, r"malformed file '.*/gt_3d/4\.txt' \(sample 4\): expected 63 numbers, found 60"),
+    ("true", _break_index, r"sample index 99 is out of range for '.*packed\.h5' \(valid 0\.\.7\)"),
+    ("true", _break_packed, r"cannot open packed file '.*packed\.h5'"),
+], ids=["truncated-png", "garbled-bbox", "short-gt_3d", "bad-index", "bad-packed.h5"])
+def test_data_errors_print_the_same_one_line_with_or_without_workers(tmp_path, capfd, packed, damage, says):
+    from nets.cli import main
+    root = str(tmp_path / "rhd")
+    write_memo(root, num_images=4, unusable=(3, 6), crop_sizes=CROP_SIZES)
+    damage(root)
+    net = tmp_path / "net.prototxt"
+    net.write_text(net_text(memo.index_list_path(root, "training"), root, packed))
+    capfd.readouterr()
+    printed = []
+    for workers in ("0", "2"):
+        assert main([str(net), "--phase", "TEST", "--iterations", "2", "--workers", workers, "--device", "cpu"]) == 2
+        printed.append(capfd.readouterr())
+    (out0, err0), (out2, err2) = printed
+    assert out0 == out2 == ""
+    assert err2 == err0 and len(err0.splitlines()) == 1        # no worker traceback, no OpenCV line
+    assert re.match(rf"error: {re.escape(str(net))}:\d+:\d+: layer '\w+' \(Read\w+\): {says}", err0), err0

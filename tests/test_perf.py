@@ -74,3 +74,72 @@ def test_source_stage_workers_keep_freed_memory_too():
         assert net.blobs["mmapped"].view(-1).tolist() == [0.0, 0.0]
     finally:
         net.close()
+
+
+# ---- die_with_parent ------------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINUX = sys.platform.startswith("linux") and os.path.exists("/proc/self/stat")
+
+GRANDCHILD = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from nets.perf import die_with_parent
+print(die_with_parent(os.getppid(), kernel_signal={kernel}), os.getpid(), flush=True)
+time.sleep(600)
+"""
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {grandchild!r}], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline(), end="", flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"    # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only")
+@pytest.mark.parametrize("kernel, how", [(True, "signal"), (False, "poll")])
+def test_die_with_parent_ends_the_child_when_its_parent_is_sigkilled(kernel, how):
+    import select
+    import signal
+    import subprocess
+    import time
+    grandchild = GRANDCHILD.format(root=ROOT, kernel=kernel)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(grandchild=grandchild)], stdout=subprocess.PIPE,
+                              text=True)
+    pid = None
+    try:
+        assert select.select([parent.stdout], [], [], 120)[0], "the grandchild printed nothing"
+        got, pid = parent.stdout.readline().split()
+        pid = int(pid)
+        assert got == how and running(pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5.0        # a deadline for the wait, not a speed measurement
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(pid)
+    finally:
+        parent.kill()
+        parent.stdout.close()
+        if pid is not None and running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only")
+@pytest.mark.parametrize("kernel", [True, False])
+def test_die_with_parent_ends_the_child_at_once_when_its_parent_is_already_gone(kernel):
+    import subprocess
+    code = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from nets.perf import die_with_parent; "
+            f"die_with_parent(os.getppid() + 1 if os.getppid() > 1 else 2, kernel_signal={kernel}); "
+            f"print('still here')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9 and "still here" not in done.stdout

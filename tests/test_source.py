@@ -208,3 +208,183 @@ def test_compact_readers_ship_their_stored_type_and_the_net_casts_it(workers):
         assert net.blobs["pix2"].dtype == torch.float64 and net.blobs["pix2"].view(-1).tolist() == [17.0, 18.0, 19.0]
     finally:
         net.close()
+
+
+# ---- errors in worker processes, workers dying with the main process ----------------------------------------
+
+@register_layer("FailingReaderForTest")
+class FailingReader(SourceLayer):
+    """'sample i' = 10 * i, except samples listed in fail_param { sample } (a user error naming the sample)
+    and fail_param { bug } (a bug: ValueError)."""
+    params = Params("fail_param", sample=Param(int, -1), bug=Param(int, -1))
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, index):
+        values = index.view(-1).tolist()
+        if self.p.sample in values:
+            raise self.error(f"cannot read sample {self.p.sample}")
+        if self.p.bug in values:
+            raise ValueError(f"a bug at sample {self.p.bug}")
+        return index * 10
+
+
+FAILING_NET = """
+layer { name: "idx" type: "CounterIndexForTest" top: "idx" counter_param { batch_size: 3 } }
+layer { name: "read" type: "FailingReaderForTest" bottom: "idx" top: "value" fail_param { %s } }
+"""
+
+
+def _run_until_error(workers):
+    """Batch 1 reads, batch 2 (samples 3-5) fails on sample 4, then batch 3: what each gave."""
+    net = Net(FAILING_NET % "sample: 4", device="cpu", workers=workers)
+    try:
+        first = net.forward()["value"].view(-1).tolist()
+        with pytest.raises(NetError) as e:
+            net.forward()
+        state = net.source.state()
+        after = net.forward()["value"].view(-1).tolist()
+        return first, str(e.value), type(e.value), state, after
+    finally:
+        net.close()
+
+
+def test_reader_error_in_a_worker_is_the_same_one_line_error_as_inline():
+    inline, workers = _run_until_error(0), _run_until_error(2)
+    first, msg, kind, state, after = workers
+    assert msg == "<string>:3:1: layer 'read' (FailingReaderForTest): cannot read sample 4"
+    assert kind is NetError and "\n" not in msg
+    assert first == [0.0, 10.0, 20.0]
+    # the failed batch counts as consumed, with any number of workers: reading goes on with the next one
+    assert state == [{"cursor": 6}] and after == [60.0, 70.0, 80.0]
+    assert workers == inline
+
+
+@register_layer("FlakyIndexForTest")
+class FlakyIndex(CounterIndex):
+    """CounterIndexForTest whose third draw fails (a user error), before moving its cursor."""
+
+    def setup(self, bottom_shapes):
+        super().setup(bottom_shapes)
+        self.calls = 0
+
+    def forward(self):
+        self.calls += 1
+        if self.calls == 3:
+            raise self.error("cannot draw batch 3")
+        return super().forward()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_index_layer_error_comes_in_its_batchs_turn_with_any_number_of_workers(workers):
+    net = Net("""
+        layer { name: "idx" type: "FlakyIndexForTest" top: "idx" counter_param { batch_size: 2 } }
+        layer { name: "read" type: "PidReaderForTest" bottom: "idx" top: "value" top: "pid" }
+    """, device="cpu", workers=workers)
+    try:
+        got = [net.forward()["value"].view(-1).tolist() for _ in range(2)]   # drawn before the failure
+        with pytest.raises(NetError, match=r"^<string>:2:9: layer 'idx' \(FlakyIndexForTest\): cannot draw batch 3$"):
+            net.forward()
+        assert net.source.state() == [{"cursor": 4}]
+        got += [net.forward()["value"].view(-1).tolist() for _ in range(2)]  # and reading goes on
+        assert got == [[0.0, 10.0], [20.0, 30.0], [40.0, 50.0], [60.0, 70.0]]
+    finally:
+        net.close()
+
+
+def test_a_bug_in_a_worker_keeps_torchs_worker_traceback():
+    net = Net(FAILING_NET % "bug: 1", device="cpu", workers=2)
+    try:
+        with pytest.raises(ValueError, match="(?s)in DataLoader worker process.*a bug at sample 1"):
+            net.forward()
+    finally:
+        net.close()
+
+
+@register_layer("BulkyReaderForTest")
+class BulkyReader(SourceLayer):
+    """1 MB of zeros per sample: prefetched batches fill the pipes to the main process."""
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [(bottom_shapes[0][0], 1 << 18)]
+
+    def forward(self, index):
+        return torch.zeros(index.shape[0], 1 << 18)
+
+
+KILLED_MAIN = """
+import os, sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+import test_source
+from nets.net import Net
+net = Net('''
+layer {{ name: "idx" type: "CounterIndexForTest" top: "idx" counter_param {{ batch_size: 2 }} }}
+layer {{ name: "read" type: "BulkyReaderForTest" bottom: "idx" top: "value" }}
+''', device="cpu", workers=2)
+net.forward()
+print(" ".join(map(str, net.source.worker_pids())), flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for a reaper that may not reap in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_gone(pids, seconds: float) -> list[int]:
+    """The pids still running after up to `seconds` (a deadline for the wait, not a speed measurement)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while any(map(running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if running(p)]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_workers_die_within_5_s_when_the_main_process_is_sigkilled(tmp_path):
+    import select
+    import signal
+    import subprocess
+    import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "main.py"
+    script.write_text(KILLED_MAIN.format(root=os.path.dirname(tests), tests=tests))
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        assert select.select([main.stdout], [], [], 120)[0], "the child printed no pids"
+        pids = [int(p) for p in main.stdout.readline().split()]
+        assert len(pids) == 2 and all(map(running, pids))
+        # their results fill the pipes (1 MB batches, 4 prefetched each): torch's own 5 s check never runs
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        assert wait_gone(pids, 5.0) == []
+    finally:
+        main.kill()
+        main.stdout.close()
+        for pid in pids:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_started_from_a_thread_outlive_that_thread():
+    import threading
+    net = Net(NET, device="cpu", workers=2)
+    try:
+        first = []
+        thread = threading.Thread(target=lambda: first.append(net.forward()["out"].view(-1).tolist()))
+        thread.start()
+        thread.join()
+        # the kernel's parent-death signal would follow the thread that forked the workers: they poll instead
+        pids = net.source.worker_pids()
+        assert first == [[0.0, 20.0, 40.0]] and len(pids) == 2
+        assert values(net, 8)[-1] == [20.0 * i for i in (24, 25, 26)]
+        assert net.source.worker_pids() == pids
+    finally:
+        net.close()

@@ -17,6 +17,9 @@ Tops are (B, ...) in the index blob's float dtype (the default dtype for an inte
 numbers go through float32 (as the packed file and Caffe's float blobs hold them), so both layouts agree
 bit for bit. A batch may repeat an index: each distinct sample is read once and the rows come back in the
 batch's order. Errors are NetError naming the layer, the path and the sample index.
+Decoding prints nothing: a PNG's structure (chunk lengths and CRCs, IHDR, IEND) is checked here before OpenCV
+sees it, so a truncated or garbled file is refused with a NetError instead of OpenCV's and libpng's stderr
+lines, and OpenCV's logging is held at ERROR while it decodes.
 forward_compact(index) gives the same top in its stored type on the CPU (uint8 pixels for ReadImage, float32
 numbers for the others); the source stage (nets/source.py) sends that form from its workers.
 
@@ -24,6 +27,10 @@ Also here: the author's generic readers ReadBlobFromFileIndexing and ReadBlobFro
 """
 
 from __future__ import annotations
+
+import os
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -35,6 +42,8 @@ from layers.hand.rhd.packed import packed_file
 from layers.hand.skeleton import NUM_BONES, NUM_JOINTS
 from layers.registry import register_layer
 from netdef.errors import NetError
+
+MAX_CROP_SIDE = 4096     # a crop above this is refused before decoding (an 8000 x 8000 PNG decodes to 192 MB)
 
 RHD_DATA = Params("rhd_data_param", root=Param(str, ""), split=Param(str, "training"), packed=Param(bool, False))
 
@@ -49,13 +58,68 @@ def sample_indices(layer: Layer, index: torch.Tensor) -> np.ndarray:
     return i.astype(np.int64)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CV_LOG = getattr(getattr(cv2, "utils", None), "logging", None)   # OpenCV's logging (absent in old builds)
+
+
+def png_size(data, where: str) -> tuple[int, int] | None:
+    """(H, W) of PNG file bytes after checking the file's structure: the signature, IHDR first, every chunk
+    whole with a correct CRC, up to IEND. None when `data` is not a PNG (another format: OpenCV decides).
+    NetError naming `where` for an empty, truncated or garbled PNG (so libpng never prints about it)."""
+    mv = memoryview(data).cast("B")
+    n = len(mv)
+    if n == 0:
+        raise NetError(f"unreadable or corrupt image {where}: empty file")
+    if bytes(mv[:8]) != _PNG_SIGNATURE:
+        return None
+    pos, size = 8, None
+    while True:
+        if pos + 8 > n:
+            raise NetError(f"unreadable or corrupt image {where}: truncated PNG ({n} bytes, no IEND chunk)")
+        length, kind = struct.unpack(">I4s", mv[pos:pos + 8])
+        end = pos + 8 + length + 4
+        if end > n:
+            raise NetError(f"unreadable or corrupt image {where}: truncated PNG ({n} bytes, its "
+                           f"{kind.decode('latin-1')!r} chunk at byte {pos} ends at {end})")
+        if zlib.crc32(mv[pos + 4:end - 4]) != struct.unpack(">I", mv[end - 4:end])[0]:
+            raise NetError(f"unreadable or corrupt image {where}: CRC error in the PNG's "
+                           f"{kind.decode('latin-1')!r} chunk at byte {pos}")
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise NetError(f"unreadable or corrupt image {where}: the PNG does not start with an IHDR chunk")
+            w, h = struct.unpack(">II", mv[pos + 8:pos + 16])
+            size = (h, w)
+        if kind == b"IEND":
+            return size
+        pos = end
+
+
+def _imdecode(buf: np.ndarray, flags: int):
+    """cv2.imdecode with OpenCV's warnings held back (it logs e.g. 'PNG input buffer is incomplete')."""
+    if _CV_LOG is None:
+        return cv2.imdecode(buf, flags)
+    level = _CV_LOG.getLogLevel()
+    _CV_LOG.setLogLevel(_CV_LOG.LOG_LEVEL_ERROR)
+    try:
+        return cv2.imdecode(buf, flags)
+    finally:
+        _CV_LOG.setLogLevel(level)
+
+
 def decode_image(data, where: str) -> np.ndarray:
-    """PNG (or any OpenCV format) file bytes -> H x W x 3 uint8 BGR; `where` names the file and sample."""
+    """PNG (or any OpenCV format) file bytes -> H x W x 3 uint8 BGR; `where` names the file and sample.
+    A PNG's structure is checked first (png_size); nothing is printed on a bad file, it raises NetError."""
+    png_size(data, where)
+    return _decode(data, where)
+
+
+def _decode(data, where: str) -> np.ndarray:
+    """decode_image after png_size."""
     buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    img = _imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is not None and (img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8):
         # grey, alpha, 16-bit or palette files: OpenCV's own conversion (the 8-bit BGR path is 25% faster)
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        img = _imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         raise NetError(f"unreadable or corrupt image {where}")
     return img
@@ -78,6 +142,22 @@ def _read_bytes(path: str, idx: int) -> bytes:
         raise NetError(f"missing file '{path}' (sample {idx})") from None
     except OSError as e:
         raise NetError(f"cannot read '{path}' (sample {idx}): {e.strerror or e}") from None
+
+
+def _read_int(path: str, idx: int) -> int:
+    """The one integer of a text file, as memo.read_numbers(path, 1, f"sample {idx}", integer=True) reads it (and
+    its errors), in a quarter of the time: ReadImage reads 4 per crop (its box)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.read(fd, 64)
+        finally:
+            os.close(fd)
+        if len(data) < 64:
+            return int(data)
+    except (OSError, ValueError):
+        pass
+    return int(memo.read_numbers(path, 1, f"sample {idx}", integer=True)[0])   # its message, or a long file
 
 
 def _out_dtype(index: torch.Tensor) -> torch.dtype:
@@ -159,8 +239,15 @@ class ReadImage(_RhdReader):
     Bottoms: index (B, 1).  Tops: image (B, 3, S, S).
     Params (read_image_param): read_path = "", resize_size = 224, zero_pad = 0, image_suffix = ".png";
       (rhd_data_param): root = "", split = "training", packed = false.
-    Differs from the original: it resized with bilinear always (aliasing when shrinking); grey or 4-channel
-    files are converted to BGR; a missing or corrupt file is an error naming it, not a crash.
+    Crop size: a crop of the memo layout is the pixels of its box, so its H x W must be (y2 - y1 + 1) x
+    (x2 - x1 + 1) of the sample's box (its bbx_* files, or bbox in packed.h5): that is what the converter
+    writes (square S x S crops at their native size, S >= 40) and what the 2D ground truth's crop units
+    (ReadJoint2D) refer to. In both forms no side may exceed MAX_CROP_SIDE = 4096 (the author's form has no
+    box, so only this bound applies). A crop breaking either rule is refused, naming the file, its size and
+    the expected size; a PNG's size is read from its header, before decoding.
+    Differs from the original: it resized with bilinear always (aliasing when shrinking) and resized a crop
+    of any size; grey or 4-channel files are converted to BGR; a missing or corrupt file is an error naming
+    it, not a crash.
     """
     params = Params("read_image_param", read_path=Param(str, ""), resize_size=Param(int, 224), zero_pad=Param(int, 0),
                     image_suffix=Param(str, ".png")) + RHD_DATA
@@ -181,22 +268,39 @@ class ReadImage(_RhdReader):
     def read(self, uniq):
         if self.p.read_path:
             p = self.p
-            files = [(i, f"{p.read_path}{i:0{p.zero_pad}d}{p.image_suffix}") for i in uniq]
-            return self._images((i, _read_bytes(path, i), f"'{path}' (sample {i})") for i, path in files)
+            paths = [(i, f"{p.read_path}{i:0{p.zero_pad}d}{p.image_suffix}") for i in uniq]
+            return self._images((_read_bytes(path, i), f"'{path}' (sample {i})", None) for i, path in paths)
         return super().read(uniq)
 
     def read_text(self, uniq):
         paths = [(i, memo.sample_path(self.root, self.split, "crop_image", i)) for i in uniq]
-        return self._images((i, _read_bytes(path, i), f"'{path}' (sample {i})") for i, path in paths)
+        files = [(_read_bytes(path, i), f"'{path}' (sample {i})") for i, path in paths]   # a missing crop first
+        boxes = [[_read_int(memo.sample_path(self.root, self.split, field, i), i) for field in memo.BBOX_FIELDS]
+                 for i in uniq]
+        return self._images((data, where, box) for (data, where), box in zip(files, boxes))
 
     def read_packed(self, f, uniq):
+        boxes = f.rows("bbox", uniq)
         if f.version == 1:    # packs of format 1 hold the PNG bytes (prepare_rhd.py rewrites them as pixels)
             pngs = f.rows("crop_image", uniq)
-            return self._images((i, data, f"of sample {i} in '{f.path}'") for i, data in zip(uniq, pngs))
+            return self._images((data, f"of sample {i} in '{f.path}'", box)
+                                for i, data, box in zip(uniq, pngs, boxes))
+        for i, hw, box in zip(uniq, f.rows("crop_shape", uniq), boxes):   # before the pixels are read
+            _check_crop_size(tuple(int(v) for v in hw), f"of sample {i} in '{f.path}'", box)
         return self._resized(f.crops(uniq))
 
     def _images(self, items) -> np.ndarray:
-        return self._resized(decode_image(data, where) for _, data, where in items)
+        """(file bytes, where, box or None) -> decoded, size-checked crops, resized."""
+        def decoded():
+            for data, where, box in items:
+                size = png_size(data, where)
+                if size is not None:
+                    _check_crop_size(size, where, box)      # from the header: an oversized PNG is not decoded
+                img = _decode(data, where)
+                if size is None:
+                    _check_crop_size(img.shape[:2], where, box)
+                yield img
+        return self._resized(decoded())
 
     def _resized(self, imgs) -> np.ndarray:
         """H x W x 3 uint8 images -> (n, 3, S, S) uint8."""
@@ -206,6 +310,21 @@ class ReadImage(_RhdReader):
         for img, planes in zip(imgs, out):
             cv2.split(resize_square(img, s), list(planes))   # into out's planes (4x faster than a transpose copy)
         return out
+
+
+def _check_crop_size(hw, where: str, box) -> None:
+    """ReadImage's crop size rule (see its doc): H x W equal to the box's (when there is a box), sides at most
+    MAX_CROP_SIDE."""
+    h, w = (int(v) for v in hw)
+    if box is not None:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        want = (y2 - y1 + 1, x2 - x1 + 1)
+        if (h, w) != want:
+            raise NetError(f"crop {where} is {h} x {w} pixels (H x W), expected {want[0]} x {want[1]}, the size "
+                           f"of its box (x1, y1, x2, y2) = ({x1}, {y1}, {x2}, {y2})")
+    if max(h, w) > MAX_CROP_SIDE:
+        raise NetError(f"crop {where} is {h} x {w} pixels (H x W), expected at most {MAX_CROP_SIDE} x "
+                       f"{MAX_CROP_SIDE}")
 
 
 @register_layer("ReadBoneLength")
