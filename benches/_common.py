@@ -246,5 +246,17 @@ def prototxt_for(path: str, root: str, **replace) -> str:
     return text
 
 
+def bench_solver_text(tmp: str, solver: str, train_text: str) -> str:
+    """A committed solver's text training `train_text` (written to tmp/train.prototxt), without test nets,
+    display or snapshots: what a bench times."""
+    train = os.path.join(tmp, "train.prototxt")
+    with open(train, "w") as f:
+        f.write(train_text)
+    text = open(solver).read()
+    text = re.sub(r"^(train_net|test_net|test_iter|test_interval|display|snapshot|snapshot_prefix):.*\n", "",
+                  text, flags=re.M)
+    return text + f'train_net: "{train}"\ndisplay: 0\nsnapshot: 0\nsnapshot_after_train: false\n'
+
+
 def temp_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="bench_")

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, cpu_name, make_converted, markdown, prototxt_for, row, temp_dir  # noqa: E402
+from _common import (ROOT, bench_solver_text, cpu_name, make_converted, markdown, prototxt_for, row,  # noqa: E402
+                     temp_dir)
 
 SOLVER = os.path.join(ROOT, "prototxt", "rhd_synth_small_solver.prototxt")
 TRAIN = os.path.join(ROOT, "prototxt", "rhd_synth_small_train.prototxt")
@@ -53,16 +53,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _solver_text(tmp: str, root: str) -> str:
-    train = os.path.join(tmp, "train.prototxt")
-    with open(train, "w") as f:
-        f.write(prototxt_for(TRAIN, root))
-    text = open(SOLVER).read()
-    text = re.sub(r"^(train_net|test_net|test_iter|test_interval|display|snapshot|snapshot_prefix):.*\n", "",
-                  text, flags=re.M)
-    return text + f'train_net: "{train}"\ndisplay: 0\nsnapshot: 0\nsnapshot_after_train: false\n'
-
-
 def soak(iterations: int = 2000, workers: int = 2, every: int = 100, baseline_iter: int = BASELINE_ITER,
          root: str | None = None, log=None) -> dict:
     """Train for `iterations`; returns {"trace": [(iteration, main MB, [worker MB...])], "pids": worker pids at
@@ -72,7 +62,7 @@ def soak(iterations: int = 2000, workers: int = 2, every: int = 100, baseline_it
         raise RuntimeError("bench_soak reads /proc: Linux only")
     with temp_dir() as tmp:
         root = root or make_converted(tmp, num_train=40, num_eval=2)
-        solver = Solver(_solver_text(tmp, root), device="cpu", workers=workers)
+        solver = Solver(bench_solver_text(tmp, SOLVER, prototxt_for(TRAIN, root)), device="cpu", workers=workers)
         trace, pids = [], {}
         marks = sorted({m for m in range(every, iterations + 1, every)} | {baseline_iter, iterations})
         t0 = time.perf_counter()
