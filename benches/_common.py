@@ -120,7 +120,7 @@ def interleaved_ms(fns: dict, repeats: int, dev: str = "cpu", warmup: int = 2) -
 
 # ---- the network part of rhd_latent25d ---------------------------------------------------------------------
 
-_BLOCK = re.compile(r"^layer \{\n.*?^\}\n?", re.M | re.S)
+LAYER_BLOCK = re.compile(r"^layer \{\n.*?^\}\n?", re.M | re.S)
 
 
 def network_part_text(batch: int, path: str = TEST_NET, size: int = IMAGE_SIZE) -> str:
@@ -129,7 +129,7 @@ def network_part_text(batch: int, path: str = TEST_NET, size: int = IMAGE_SIZE) 
     text = open(path).read()
     have = {"image"}
     kept = []
-    for block in _BLOCK.findall(text):
+    for block in LAYER_BLOCK.findall(text):
         bottoms = re.findall(r'^  bottom: "(.*)"', block, re.M)
         if bottoms and all(b in have for b in bottoms):
             kept.append(block)

@@ -9,6 +9,7 @@ It does not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 
-__all__ = ["die_with_parent", "keep_freed_memory"]
+__all__ = ["die_with_parent", "keep_freed_memory", "heap_never_trimmed"]
 
 # glibc's mallopt parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -53,19 +54,44 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
-def _apply() -> bool:
+def _glibc():
+    """glibc through ctypes, with mallopt typed; None elsewhere (not Linux, or musl, whose mallopt is a no-op)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version      # only glibc has it (musl's mallopt is a no-op)
-        mallopt = libc.mallopt
+        libc.gnu_get_libc_version      # only glibc has it
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _apply() -> bool:
+    libc = _glibc()
+    if libc is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    if not any(mallopt(_M_MMAP_THRESHOLD, value) for value in _MMAP_THRESHOLDS):
+    if not any(libc.mallopt(_M_MMAP_THRESHOLD, value) for value in _MMAP_THRESHOLDS):
         return False
-    return bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+@contextlib.contextmanager
+def heap_never_trimmed():
+    """keep_freed_memory(), and inside the block glibc never trims the heap (M_TRIM_THRESHOLD -1, "disables
+    trimming completely", mallopt(3)): a working set above keep_freed_memory's 2 GiB trim threshold (a batch-32
+    training step, ~8 GB) is otherwise handed back and page-faulted in again, more or less depending on what sits
+    at the heap's top. On leaving, keep_freed_memory's threshold is back and the free heap is trimmed. Yields
+    whether the setting is in effect (glibc only)."""
+    libc = _glibc() if keep_freed_memory() else None
+    if libc is not None and not libc.mallopt(_M_TRIM_THRESHOLD, -1):
+        libc = None
+    try:
+        yield libc is not None
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+            libc.malloc_trim(0)
 
 
 _PR_SET_PDEATHSIG = 1      # linux/prctl.h
