@@ -9,7 +9,7 @@ import sys
 import traceback
 import warnings
 
-__all__ = ["NetError", "NetWarning", "ParseError", "report", "run_tool", "add_debug_flag"]
+__all__ = ["NetError", "NetWarning", "NetNote", "ParseError", "report", "run_tool", "add_debug_flag"]
 
 DEBUG_HINT = " (run with --debug for the traceback)"
 
@@ -27,9 +27,16 @@ class NetWarning(UserWarning):
     Tools print it as one line, `warning: <message>`."""
 
 
+class NetNote(UserWarning):
+    """Something the run does on purpose that a user may not expect (a param block the layer does not read,
+    ignored as Caffe ignores it). Tools print it as one line, `note: <message>`."""
+
+
 def _one_line(message, category, filename, lineno, line=None) -> str:
     if issubclass(category, NetWarning):
         return "warning: " + " ".join(str(message).splitlines()) + "\n"
+    if issubclass(category, NetNote):
+        return "note: " + " ".join(str(message).splitlines()) + "\n"
     return _python_format(message, category, filename, lineno, line)
 
 

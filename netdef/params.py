@@ -15,12 +15,13 @@ value, or raise a NetError naming the field's location.
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import Any
 
-from netdef.errors import NetError
+from netdef.errors import NetError, NetNote
 from netdef.text_format import Field, Ident, Loc, Message
 
-__all__ = ["Param", "Params", "Values", "REQUIRED", "FILLER", "BLOB_SHAPE", "did_you_mean", "show", "field_error",
+__all__ = ["Param", "Params", "Values", "REQUIRED", "FILLER", "BLOB_SHAPE", "CAFFE_PARAM_BLOCKS", "did_you_mean", "show", "field_error",
            "as_str", "as_float", "as_int", "as_bool", "as_enum", "as_message", "check_fields"]
 
 
@@ -192,12 +193,21 @@ class Params:
         return _parse_fields(self.fields(), msg, label, what or next(iter(self.blocks), "block"), noun)
 
     def parse_blocks(self, blocks: dict[str, Message], label: str, where: str = "") -> tuple[Values, dict[str, Values]]:
-        """Every block a layer reads: (all fields merged, each block's own Values)."""
+        """Every block a layer reads: (all fields merged, each block's own Values).
+
+        A block the layer does not read is ignored with a NetNote when it is a real field of caffe.proto's
+        LayerParameter (Caffe parses every such block and each layer reads its own), and refused otherwise."""
         for name, msg in blocks.items():
-            if name not in self.blocks:
-                takes = ", ".join(self.blocks) or "no param block"
-                raise NetError(f"{msg.loc}: {label}: unknown param block '{name}' (this layer takes "
-                               f"{takes}){did_you_mean(name, self.blocks)}")
+            if name in self.blocks:
+                continue
+            takes = ", ".join(self.blocks) or "no param block"
+            if name in CAFFE_PARAM_BLOCKS:
+                warnings.warn(f"{msg.loc}: {label}: ignores {name} (this layer takes {takes}; Caffe ignores it "
+                              f"too)", NetNote, stacklevel=2)
+                continue
+            hint = did_you_mean(name, self.blocks) or did_you_mean(name, CAFFE_PARAM_BLOCKS)
+            raise NetError(f"{msg.loc}: {label}: unknown param block '{name}' (this layer takes {takes}){hint}")
+        blocks = {name: msg for name, msg in blocks.items() if name in self.blocks}
         merged: dict[str, Any] = {}
         locs: dict[str, Loc] = {}
         per_block = {}
@@ -243,6 +253,17 @@ def _parse_fields(fields: dict[str, Param], msg: Message | None, label: str, blo
             values[name] = decl.default
     return Values(values, locs)
 
+
+# The *_param fields of BVLC caffe.proto's LayerParameter (master), and V1LayerParameter's: a layer given one it
+# does not read ignores it, as Caffe does; any other name is a typo or a fork's block for another layer type.
+CAFFE_PARAM_BLOCKS = frozenset("""
+    transform_param loss_param accuracy_param argmax_param batch_norm_param bias_param clip_param concat_param
+    contrastive_loss_param convolution_param crop_param data_param dropout_param dummy_data_param eltwise_param
+    elu_param embed_param exp_param flatten_param hdf5_data_param hdf5_output_param hinge_loss_param
+    image_data_param infogain_loss_param inner_product_param input_param log_param lrn_param memory_data_param
+    mvn_param parameter_param pooling_param power_param prelu_param python_param recurrent_param reduction_param
+    relu_param reshape_param scale_param sigmoid_param softmax_param spp_param slice_param swish_param tanh_param
+    threshold_param tile_param window_data_param""".split())
 
 # Caffe's FillerParameter and BlobShape, shared by many layers.
 FILLER = Params("filler", type=Param(str, "constant"), value=Param(float, 0.0), min=Param(float, 0.0),

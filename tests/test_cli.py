@@ -239,3 +239,35 @@ def test_script_reports_a_bad_prototxt_in_one_line_with_status_2(tmp_path):
     assert lines[0].startswith("error: ")
     assert f"{path}:4:1: layer 'conv' (Convolutoin): unknown layer type 'Convolutoin'" in lines[0]
     assert "did you mean Convolution?" in lines[0]
+
+
+def test_real_caffe_blocks_a_layer_does_not_read_are_ignored_with_one_note_line(tmp_path):
+    """Caffe parses every LayerParameter block and each layer reads its own: a VGG deploy file with an
+    image_data_param inside its Input layer and a Faster R-CNN test file with loss_param on a Softmax run."""
+    path = write(tmp_path, """
+        name: "wild"
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } }
+                image_data_param { source: "list.txt" batch_size: 1 } }
+        layer { name: "prob" type: "Softmax" bottom: "data" top: "prob" loss_param { ignore_label: -1 } }
+    """)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "run_net.py"), path, "--device", "cpu"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"note: {path}:4:26: layer 'data' (Input): ignores image_data_param (this layer takes input_param; "
+        f"Caffe ignores it too)",
+        f"note: {path}:5:76: layer 'prob' (Softmax): ignores loss_param (this layer takes softmax_param; "
+        f"Caffe ignores it too)",
+        "note: input 'data' (1, 3) filled with random normal data"]
+    assert proc.stdout.splitlines()[0].startswith("prob = ")
+    typo = write(tmp_path, """
+        name: "typo"
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+        layer { name: "prob" type: "Softmax" bottom: "data" top: "prob" sofmax_param { axis: 1 } }
+    """, "typo.prototxt")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "run_net.py"), typo, "--device", "cpu"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: {typo}:4:78: layer 'prob' (Softmax): unknown param block 'sofmax_param' (this layer takes "
+        f"softmax_param) (did you mean softmax_param?)"]

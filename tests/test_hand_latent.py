@@ -15,7 +15,7 @@ import layers.hand  # noqa: F401  (registers the hand layers)
 from layers.build import make_layer
 from layers.hand import latent
 from layers.registry import get_layer_class
-from netdef.errors import NetError
+from netdef.errors import NetError, NetNote
 from nets.net import Net
 
 LB, UB = -3.269, 3.270
@@ -326,8 +326,10 @@ def test_coordinate_regression_gradient_reaches_every_channel():
 def test_author_map_layers_errors(kind):
     with pytest.raises(NetError, match=r"must be \(B, K, H, W\) maps; got shape \(2, 42\)"):
         mk(f'type: "{kind}"', [(2, 42)])
-    with pytest.raises(NetError, match=r"unknown param block 'scale_param'"):
+    with pytest.warns(NetNote, match=r"ignores scale_param"):
         mk(f'type: "{kind}" scale_param {{ }}', [(2, 3, 4, 4)])
+    with pytest.raises(NetError, match=r"unknown param block 'hand_param'"):
+        mk(f'type: "{kind}" hand_param {{ }}', [(2, 3, 4, 4)])
 
 
 # The author's RawPaper head (two joints, 4 x 4 maps) against SoftArgmax + LatentDepth.

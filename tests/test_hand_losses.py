@@ -102,8 +102,8 @@ def test_shape_errors(shapes, message):
 
 
 def test_param_and_type_errors():
-    with pytest.raises(NetError, match="unknown param block 'loss_param'"):
-        make_layer('name: "l" type: "L1Loss" bottom: "a" bottom: "b" top: "l" loss_param { normalize: true }',
+    with pytest.raises(NetError, match="unknown param block 'l1_loss_param'"):
+        make_layer('name: "l" type: "L1Loss" bottom: "a" bottom: "b" top: "l" l1_loss_param { normalize: true }',
                    bottom_shapes=[(2, 3), (2, 3)])
     with pytest.raises(NetError, match="did you mean L1Loss"):
         make_layer('name: "l" type: "L1Los" bottom: "a" bottom: "b" top: "l"', bottom_shapes=[(2, 3), (2, 3)])

@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call
 
 from layers.build import make_layer
-from netdef.errors import NetError
+from netdef.errors import NetError, NetNote
 from nets.net import Net
 
 
@@ -58,8 +58,11 @@ def test_relu_gradcheck():
 def test_relu_unknown_param_did_you_mean():
     with pytest.raises(NetError, match=r"unknown param 'negative_slop' in relu_param \(did you mean negative_slope\?\)"):
         mk('type: "ReLU" relu_param { negative_slop: 0.1 }')
-    with pytest.raises(NetError, match=r"unknown param block 'power_param'"):
+    with pytest.warns(NetNote, match=r"ignores power_param \(this layer takes relu_param; Caffe ignores it too\)"):
         mk('type: "ReLU" power_param { power: 2 }')
+    with pytest.raises(NetError, match=r"unknown param block 'rellu_param' \(this layer takes relu_param\) "
+                                       r"\(did you mean relu_param\?\)"):
+        mk('type: "ReLU" rellu_param { negative_slope: 2 }')
     with pytest.raises(NetError, match=r"engine"):
         mk('type: "ReLU" relu_param { engine: FAST }')
 

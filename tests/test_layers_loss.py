@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from layers.build import make_layer
-from netdef.errors import NetError
+from netdef.errors import NetError, NetNote
 from nets.net import Net
 
 
@@ -132,7 +132,7 @@ def test_softmax_loss_errors():
         layer("SoftmaxWithLoss", "loss_param { ignore_lable: 1 }", [(2, 5), (2,)])
     with pytest.raises(NetError, match="'normalization' expects one of FULL, VALID, BATCH_SIZE, NONE"):
         layer("SoftmaxWithLoss", "loss_param { normalization: BATCH }", [(2, 5), (2,)])
-    with pytest.raises(NetError, match=r"unknown param block 'accuracy_param'"):
+    with pytest.warns(NetNote, match=r"ignores accuracy_param"):
         layer("SoftmaxWithLoss", "accuracy_param { top_k: 1 }", [(2, 5), (2,)])
     lay = layer("SoftmaxWithLoss", "loss_param { ignore_label: -1 }", [(2, 5), (2,)])
     with pytest.raises(NetError, match=r"label 5 is out of range: class ids must be in 0..4 or equal ignore_label -1"):
@@ -232,8 +232,11 @@ def test_euclidean_loss_value_gradient_and_shapes():
 def test_euclidean_loss_errors():
     with pytest.raises(NetError, match=r"same dimension per item: \(4, 3\) and \(4, 2\)"):
         layer("EuclideanLoss", "", [(4, 3), (4, 2)])
-    with pytest.raises(NetError, match=r"unknown param block 'loss_param' \(this layer takes no param block\)"):
+    with pytest.warns(NetNote, match=r"ignores loss_param \(this layer takes no param block; Caffe ignores it too\)"):
         layer("EuclideanLoss", "loss_param { normalize: true }", [(4, 3), (4, 3)])
+    with pytest.raises(NetError, match=r"unknown param block 'los_param' \(this layer takes no param block\) "
+                                       r"\(did you mean loss_param\?\)"):
+        layer("EuclideanLoss", "los_param { normalize: true }", [(4, 3), (4, 3)])
 
 
 # ---- Accuracy ----------------------------------------------------------------------------------------------

@@ -243,8 +243,9 @@ layer { name: "f" type: "TestAffine" bottom: "x" top: "y"
 layer { name: "f" type: "TestAffine" bottom: "x" top: "y" test_affine_param { w: "two" } }""",
                          r"^<string>:2:79: layer 'f' \(TestAffine\): 'w' expects a number, found \"two\"$"),
     "unknown param block": ("""input: "x" input_shape { dim: 1 }
-layer { name: "f" type: "TestAffine" bottom: "x" top: "y" pooling_param { pool: MAX } }""",
-                            r"^<string>:2:73: layer 'f' \(TestAffine\): unknown param block 'pooling_param'"),
+layer { name: "f" type: "TestAffine" bottom: "x" top: "y" poling_param { pool: MAX } }""",
+                            r"^<string>:2:72: layer 'f' \(TestAffine\): unknown param block 'poling_param' \(this "
+                            r"layer takes test_affine_param\) \(did you mean pooling_param\?\)$"),
     "unknown layer field": ("""layer { name: "f" type: "TestAffine" botom: "x" top: "y" }""",
                             r"^<string>:1:38: unknown layer field 'botom' \(did you mean bottom\?\)$"),
     "wrong bottom count": ("""input: "x" input_shape { dim: 1 }
