@@ -51,7 +51,8 @@ class _BaseConv(Layer):
                                 ("pad", self.pad, 0), ("dilation", self.dilation, 1)):
             if min(vals) < low:
                 raise self.error(f"{name} must be >= {low}, got {list(vals)}")
-        channels, num_output, group = shape[self.axis], p.num_output, p.group
+        channels = shape[self.axis]
+        num_output, group = self.output_channels_and_group(channels)
         if num_output <= 0:
             raise self.error(f"num_output must be > 0, got {num_output}")
         if group <= 0:
@@ -69,6 +70,11 @@ class _BaseConv(Layer):
         self.add_blob("weight", weight_shape, p.weight_filler)
         if p.bias_term:
             self.add_blob("bias", (num_output,), p.bias_filler)
+
+    def output_channels_and_group(self, channels: int) -> tuple[int, int]:
+        """(num_output, group) for a bottom of `channels` channels: convolution_param's, here. Subclasses that
+        fix them (a depthwise convolution: (C, C)) override this; setup checks the values either way."""
+        return self.p.num_output, self.p.group
 
     def _per_axis(self, name: str, short: str | None, n: int, default: int | None) -> tuple[int, ...]:
         """One value per spatial axis from `name` (given once or once per axis) or from short_h / short_w."""
