@@ -56,7 +56,9 @@ class Pooling(Layer):
     in + pad.
 
     Bottoms: x (N, C, H, W).  Tops: y (N, C, H', W'); MAX only: optionally a second top, the argmax mask
-    (same shape, x's dtype, no gradient): h * W + w of the chosen input in its (H, W) plane.
+    (same shape, x's dtype, float32 for a 16-bit x, no gradient): h * W + w of the chosen input in its (H, W)
+    plane, the first maximum in row-major order (Caffe's strict `>`), -1 where no input beat -FLT_MAX. SegNet's
+    Upsample (layers/forks/upsample.py) unpools with it.
     Params (pooling_param): pool = MAX (MAX, AVE, STOCHASTIC), kernel_size or kernel_h + kernel_w (required
     unless global_pooling), stride = 1 or stride_h + stride_w, pad = 0 or pad_h + pad_w (pad < kernel),
     global_pooling = false (kernel = H x W; pad 0 and stride 1 only), round_mode = CEIL (CEIL, FLOOR),
@@ -161,8 +163,10 @@ class Pooling(Layer):
             y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
             wp = xp.shape[-1]
             mask = (idx // wp - self.pad[0]) * x.shape[-1] + idx % wp - self.pad[1]
-            mask = torch.where(y == -float("inf"), -1, mask)
-            return y.clamp_min(floor), mask.to(x.dtype)
+            # Caffe takes a value only when it beats -FLT_MAX: none did -> -1 (values below it included, in double)
+            mask = torch.where(y <= floor, -1, mask)
+            # indices stay exact in float32 (to 2^24); a 16-bit x (mixed precision) would round them
+            return y.clamp_min(floor), mask.to(x.dtype if x.dtype.itemsize >= 4 else torch.float32)
         xp = F.pad(x, pads)
         if pool == "AVE":
             sums = F.avg_pool2d(xp, kernel, self.stride, divisor_override=1)
