@@ -1,5 +1,5 @@
 """Caffe's element-wise (neuron) layers and Softmax: ReLU, PReLU, Sigmoid, TanH, AbsVal, Power, Exp, Log,
-Dropout, Softmax. Every one keeps the bottom's shape."""
+Dropout, Softmax, BNLL, Clip, ELU, Swish, Threshold. Every one keeps the bottom's shape."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from layers.base import FILLER, Layer, Param, Params, channel_axis
+from layers.base import FILLER, REQUIRED, Layer, Param, Params, channel_axis
 from layers.registry import register_layer
 
 ENGINE = ("DEFAULT", "CAFFE", "CUDNN")
@@ -233,3 +233,100 @@ class Softmax(Layer):
 
     def forward(self, x):
         return torch.softmax(x, dim=self.axis)
+
+
+BNLL_THRESHOLD = 50.0   # Caffe's kBNLL_THRESHOLD
+
+
+class _BNLLFunction(torch.autograd.Function):
+    """BNLL with Caffe's backward: dy/dx = exp(min(x, 50)) / (exp(min(x, 50)) + 1) (1/2 at x = 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        # x > 0: x + log(1 + exp(-x)); else log(1 + exp(x)); both branches at once, without overflow
+        return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return dy * torch.sigmoid(x.clamp(max=BNLL_THRESHOLD))
+
+
+@register_layer("BNLL")
+class BNLL(Layer):
+    """Binomial normal log likelihood (softplus): y = log(1 + exp(x)), computed as Caffe does without overflow:
+    x + log(1 + exp(-x)) for x > 0, log(1 + exp(x)) otherwise.
+
+    Bottoms: x (any shape).  Tops: y (same shape).  Params: none.
+    Gradient (Caffe's backward): exp(min(x, 50)) / (exp(min(x, 50)) + 1), i.e. sigmoid(x), 1/2 at x = 0.
+    log(1 + t) is taken as log1p(t): values below ~1e-16, which Caffe's log(1. + exp(x)) rounds to 0, keep
+    their digits.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> bnll = make_layer('type: "BNLL" bottom: "x" top: "y"', bottom_shapes=[(3,)])
+        >>> bnll(torch.tensor([0.0, 1000.0, -1000.0])).tolist()   # log 2, x itself, exp(-1000) ~ 0: no overflow
+        [0.6931471824645996, 1000.0, 0.0]
+    """
+
+    def forward(self, x):
+        return _BNLLFunction.apply(x)
+
+
+@register_layer("Clip")
+class Clip(Layer):
+    """y = max(min, min(x, max)) (Caffe's order: when min > max every y is min).
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (clip_param): min, max (both required).
+    Gradient: 1 where min <= x <= max (bounds included, as Caffe), else 0.
+    Differs from Caffe: a NaN input stays NaN (Caffe's std::max/std::min turn it into min).
+    """
+    params = Params("clip_param", min=Param(float, REQUIRED), max=Param(float, REQUIRED))
+
+    def forward(self, x):
+        return x.clamp(max=self.p.max).clamp(min=self.p.min)
+
+
+@register_layer("ELU")
+class ELU(Layer):
+    """y = x if x > 0 else alpha * (exp(x) - 1).
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (elu_param): alpha = 1.
+    Gradient (Caffe's): 1 for x > 0, alpha + y = alpha * exp(x) for x <= 0 (so alpha at x = 0).
+    """
+    params = Params("elu_param", alpha=Param(float, 1.0))
+
+    def forward(self, x):
+        return torch.where(x > 0, x, self.p.alpha * torch.expm1(x.clamp(max=0)))
+
+
+@register_layer("Swish")
+class Swish(Layer):
+    """y = x * sigmoid(beta * x).
+
+    Bottoms: x (any shape).  Tops: y (same shape).
+    Params (swish_param): beta = 1.
+    Gradient (autograd, equal to Caffe's): beta * y + sigmoid(beta * x) * (1 - beta * y).
+    """
+    params = Params("swish_param", beta=Param(float, 1.0))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.p.beta * x)
+
+
+@register_layer("Threshold")
+class Threshold(Layer):
+    """y = 1 if x > threshold else 0 (strictly greater), in x's dtype.
+
+    Bottoms: x (any shape).  Tops: y (same shape, no gradient: Caffe has no backward for it).
+    Params (threshold_param): threshold = 0.
+    """
+    params = Params("threshold_param", threshold=Param(float, 0.0))
+
+    def forward(self, x):
+        return (x.detach() > self.p.threshold).to(x.dtype)

@@ -1,4 +1,4 @@
-"""Caffe's BatchNorm (statistics only) and the Scale / Bias layers that usually follow it."""
+"""Caffe's BatchNorm (statistics only) and the Scale / Bias layers that usually follow it; MVN."""
 
 from __future__ import annotations
 
@@ -169,3 +169,61 @@ class Bias(Layer):
 
     def forward(self, x, b=None):
         return x + _aligned(self.bias if b is None else b, self.axis, x)
+
+
+def _legacy_4d(layer: Layer, shape) -> tuple[int, int, int, int]:
+    """Caffe's (num, channels, height, width) of a blob of up to 4 axes (missing axes are 1)."""
+    if not 1 <= len(shape) <= 4:
+        raise layer.error(f"bottom must have 1 to 4 axes (Caffe reads it as num, channels, height, width), got "
+                          f"shape {tuple(shape)}")
+    return tuple(shape) + (1,) * (4 - len(shape))
+
+
+class _MVNFunction(torch.autograd.Function):
+    """y = (x - mean) / (std + eps) per row of a (rows, D) view, with Caffe's backward (finite also where a row
+    is constant): dx = (dy - mean(dy) - y * mean(y * dy)) / (std + eps)."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        u = x - x.mean(1, keepdim=True)
+        scale = (u * u).mean(1, keepdim=True).sqrt() + eps
+        y = u / scale
+        ctx.save_for_backward(y, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, scale = ctx.saved_tensors
+        dx = dy - dy.mean(1, keepdim=True) - y * (y * dy).mean(1, keepdim=True)
+        return dx / scale, None
+
+
+@register_layer("MVN")
+class MVN(Layer):
+    """Mean-variance normalization per item and channel (or per item across channels):
+
+        y = x - mean(x)                        normalize_variance false
+        y = (x - mean(x)) / (std(x) + eps)     normalize_variance true; std = sqrt(mean((x - mean)^2)), biased
+
+    over each (n, c)'s H x W values, or each n's C x H x W values when across_channels. eps is added to the
+    standard deviation, not the variance (Caffe's rule).
+    Bottoms: x with 1 to 4 axes, read as (N, C, H, W).  Tops: y, shaped (N, C, H, W) (Caffe's 4-D top: (N, C)
+    gives (N, C, 1, 1)).
+    Params (mvn_param): normalize_variance = true, across_channels = false, eps = 1e-9.
+    Gradient: Caffe's backward (dy - mean(dy) - y * mean(y * dy)) / (std + eps) with variance; dy - mean(dy)
+    without (it differs from the exact derivative only by eps / std).
+    """
+    params = Params("mvn_param", normalize_variance=Param(bool, True), across_channels=Param(bool, False),
+                    eps=Param(float, 1e-9))
+
+    def setup(self, bottom_shapes):
+        _legacy_4d(self, bottom_shapes[0])
+
+    def forward(self, x):
+        n, c, h, w = _legacy_4d(self, x.shape)
+        rows = x.reshape(n if self.p.across_channels else n * c, -1)
+        if self.p.normalize_variance:
+            y = _MVNFunction.apply(rows, self.p.eps)
+        else:
+            y = rows - rows.mean(1, keepdim=True)
+        return y.reshape(n, c, h, w)

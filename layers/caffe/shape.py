@@ -1,4 +1,5 @@
-"""Layers that only move data around: Concat, Slice, Split, Flatten, Reshape, Silence."""
+"""Layers that only move data around: Concat, Slice, Split, Flatten, Reshape, Silence, Crop, Tile, BatchReindex,
+Filter; and Parameter (a learnable blob as a top)."""
 
 from __future__ import annotations
 
@@ -225,3 +226,176 @@ class Silence(Layer):
 
     def forward(self, *xs):
         return ()
+
+
+@register_layer("Crop")
+class Crop(Layer):
+    """Crops the first bottom to the shape of the second (the reference) from `axis` on, at given offsets:
+    y = x[..., o_a : o_a + r_a, ..., o_{n-1} : o_{n-1} + r_{n-1}] with r the reference's dims; the axes before
+    `axis` are kept whole.
+
+    Bottoms: x (any shape), reference (at least as many axes as x; only its dims from `axis` on are used).
+    Tops: y (x's dims before `axis`, the reference's from `axis` on).
+    Params (crop_param): axis = 2 (negative counts from the end), offset (repeated, >= 0): none = all 0, one =
+    the same for every cropped axis, else one per axis from `axis` on. Each crop must fit: o_i + r_i <= x_i.
+    Gradient: to x only (zero outside the crop); none to the reference.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> crop = make_layer('type: "Crop" bottom: "x" bottom: "ref" top: "y" crop_param { offset: 1 }',
+        ...                   bottom_shapes=[(1, 1, 4, 4), (1, 1, 2, 2)])
+        >>> crop(torch.arange(16.0).view(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)).tolist()   # rows and columns 1..2
+        [[[[5.0, 6.0], [9.0, 10.0]]]]
+    """
+    params = Params("crop_param", axis=Param(int, 2), offset=Param(int, repeated=True))
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        data = bottom_shapes[0]
+        self.axis = channel_axis(self.p.axis, len(data), self.where, "crop_param axis")
+        offsets = list(self.p.offset)
+        if any(o < 0 for o in offsets):
+            raise self.error(f"offset values must be >= 0 (uint32), got {offsets}")
+        if len(offsets) > 1 and self.axis + len(offsets) != len(data):
+            raise self.error(f"{len(offsets)} offset values for axis {self.axis} of a {len(data)}-D bottom: give "
+                             f"one, or one per axis from {self.axis} on ({len(data) - self.axis})")
+        self.windows(*bottom_shapes)
+
+    def windows(self, data: Shape, ref: Shape) -> list[slice]:
+        """Caffe's CropLayer::Reshape: per axis the (offset, size) window, as slices."""
+        if len(ref) < len(data):
+            raise self.error(f"the reference bottom {ref} has fewer axes than the bottom to crop {data}")
+        offsets = list(self.p.offset)
+        out = []
+        for i, size in enumerate(data):
+            if i < self.axis:
+                out.append(slice(None))
+                continue
+            off = offsets[0] if len(offsets) == 1 else (offsets[i - self.axis] if offsets else 0)
+            if size - off < ref[i]:
+                raise self.error(f"the crop of axis {i} is out of bounds: offset {off} + size {ref[i]} (the "
+                                 f"reference {ref}) > {size} (the bottom {data})")
+            out.append(slice(off, off + ref[i]))
+        return out
+
+    def forward(self, x, ref):
+        return x[tuple(self.windows(tuple(x.shape), tuple(ref.shape)))]
+
+
+@register_layer("Tile")
+class Tile(Layer):
+    """Repeats the bottom `tiles` times along `axis`, the whole block of axes from `axis` on each time:
+    for x (2, 3) with axis 1, tiles 2: y[n] = [x[n, 0], x[n, 1], x[n, 2], x[n, 0], x[n, 1], x[n, 2]].
+
+    Bottoms: x.  Tops: y (x's shape with dim `axis` times tiles).
+    Params (tile_param): axis = 1 (negative counts from the end), tiles (required, > 0).
+    Gradient: the sum over the copies.
+    """
+    params = Params("tile_param", axis=Param(int, 1), tiles=Param(int))
+
+    def setup(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        self.axis = channel_axis(self.p.axis, len(shape), self.where, "tile_param axis")
+        if not self.p.has("tiles"):
+            raise self.error("missing tile_param { tiles: ... } (the number of copies)")
+        if self.p.tiles <= 0:
+            raise self.error(f"tiles must be > 0, got {self.p.tiles}")
+
+    def forward(self, x):
+        reps = [1] * x.dim()
+        reps[self.axis] = self.p.tiles
+        return x.repeat(reps)
+
+
+@register_layer("BatchReindex")
+class BatchReindex(Layer):
+    """Picks items of the batch by index: y[i] = x[int(index[i])] (repeats and any order allowed).
+
+    Bottoms: x (N, ...), index (M,) (1-D; item numbers as floats, each >= 0 and < N, truncated).
+    Tops: y (M, ...).  Params: none.
+    Gradient: to x, each item the sum of the gradients of the rows that picked it; none to the index.
+    An index out of range is an error (Caffe checks on the CPU before every forward, also for GPU nets).
+    """
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        data, index = bottom_shapes
+        if len(index) != 1:
+            raise self.error(f"the index bottom must be 1-D (one item number per output row), got {index}")
+        if not data:
+            raise self.error("the data bottom needs at least one axis (the batch)")
+
+    def infer_top_shapes(self, bottom_shapes):
+        data, index = bottom_shapes
+        return [(index[0], *data[1:])]
+
+    def forward(self, x, index):
+        index = index.detach()
+        bad = (index < 0) | (index >= x.shape[0]) | index.isnan()
+        if bool(bad.any()):
+            raise self.error(f"index {index[bad][0].item():g} is out of range for a batch of {x.shape[0]} "
+                             f"(item numbers must be in 0..{x.shape[0] - 1})")
+        return x.index_select(0, index.long())
+
+
+@register_layer("Filter")
+class Filter(Layer):
+    """Keeps the items (rows along axis 0) whose selector is nonzero, in every bottom but the last:
+    y_t = x_t[selector != 0] for t = 0 .. K-1.
+
+    Bottoms: x_0 .. x_{K-1} (each (N, ...)), selector (N,) or (N, 1, ...) (every axis after the first 1).
+    Tops: y_0 .. y_{K-1}, one per bottom but the selector: (M, ...) with M the number of nonzero selectors
+    (0 to N, known only from the data).
+    Build-time top shapes (infer_top_shapes) are the bottoms' own, N rows, as Caffe's first Reshape gives;
+    layers after a Filter must therefore accept another batch size at run time.
+    Params: none.  Gradient: to the kept rows (zero for the others); none to the selector.
+    """
+    num_bottoms = (2, None)
+    num_tops = (1, None)
+
+    def setup(self, bottom_shapes):
+        *data, selector = bottom_shapes
+        if self.num_top_blobs != len(data):
+            raise self.error(f"needs one top per bottom except the selector (the last bottom): "
+                             f"{len(data)} top(s), got {self.num_top_blobs}")
+        if not selector or any(d != 1 for d in selector[1:]):
+            raise self.error(f"the selector (last bottom) must be (N,) or (N, 1, ...), got {selector}")
+        for i, s in enumerate(data):
+            if not s or s[0] != selector[0]:
+                raise self.error(f"bottom {i} {s} must have the selector's first dim {selector[0]}")
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [tuple(s) for s in bottom_shapes[:-1]]
+
+    def forward(self, *bottoms):
+        *data, selector = bottoms
+        keep = (selector.detach().reshape(-1) != 0).nonzero().squeeze(1)
+        tops = tuple(x.index_select(0, keep) for x in data)
+        return tops[0] if len(tops) == 1 else tops
+
+
+@register_layer("Parameter")
+class Parameter(Layer):
+    """A learnable blob as the layer's top (Caffe's ParameterLayer): y = the blob itself (its gradient is
+    the blob's).
+
+    Bottoms: none.  Tops: y, shaped parameter_param.shape.
+    Params (parameter_param): shape (BlobShape; no dims = a 0-axis blob of one value, as Caffe).
+    Blobs: parameter (that shape), filled with 0 as Caffe's new Blob (set it from weights, or learn it).
+    """
+    params = Params("parameter_param", shape=Param(BLOB_SHAPE))
+    num_bottoms = 0
+
+    def setup(self, bottom_shapes):
+        shape = tuple(self.p.shape.dim)
+        if any(d < 0 for d in shape):
+            raise self.error(f"shape dims must be >= 0, got {list(shape)}")
+        self.add_blob("parameter", shape)
+
+    def infer_top_shapes(self, bottom_shapes):
+        return [tuple(self.parameter.shape)]
+
+    def forward(self):
+        return self.parameter
