@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from layers.base import Layer, Shape, SourceLayer, as_tuple
-from layers.registry import get_layer_class, load_python_layer
+from layers.pycaffe import python_layer_class
+from layers.registry import get_layer_class
 from netdef.errors import NetError, NetWarning
 from netdef.params import as_str, did_you_mean
 from netdef.spec import LayerDef, NetDef, load_net_def
@@ -198,7 +199,7 @@ class Net(nn.Module):
             import os
             net_file = self.definition.filename
             search = [os.path.dirname(os.path.abspath(net_file))] if os.path.isfile(net_file) else []
-            cls = load_python_layer(as_str(module), as_str(layer_name), ls.where, search)
+            cls = python_layer_class(as_str(module), as_str(layer_name), ls.where, search)   # ours or caffe.Layer
             ps = pp.first("param_str")
             param_str = as_str(ps) if ps is not None else ""
             ls = LayerDef(**{**ls.__dict__, "blocks": {k: v for k, v in ls.blocks.items() if k != "python_param"}})

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOORS = {"netdef": 0, "layers": 1, "nets": 2, "tools": 3, "benches": 3}
-PACKAGES = ("netdef", "layers", "nets")
+FLOORS = {"netdef": 0, "layers": 1, "nets": 2, "tools": 3, "benches": 3, "caffe": 3}
+PACKAGES = ("netdef", "layers", "nets", "caffe")
 
 
 def _files(top: str):
