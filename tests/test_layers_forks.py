@@ -310,7 +310,7 @@ def interp_size_caffe(h_eff, p):
     ((1, 3, 6, 5), dict(height=6, width=5)),          # same size: the copy path
     ((1, 2, 8, 8), dict(height=6, width=6, pad_beg=-1, pad_end=-1)),   # crop to 6 x 6 then copy
     ((1, 2, 8, 8), dict(shrink_factor=2, height=100, width=100)),       # shrink alone wins over height/width
-    ((1, 2, 41, 41), dict(zoom_factor=8)),            # DeepLab's fc8 -> label size (41 -> 321)
+    ((1, 1, 11, 11), dict(zoom_factor=8)),            # DeepLab's fc8 -> labels: zoom 8 (41 -> 321 there)
 ])
 def test_interp_matches_the_forks_loops(shape, fields):
     block = "interp_param { " + " ".join(f"{k}: {v}" for k, v in fields.items()) + " }"
@@ -897,3 +897,32 @@ def test_shufflenet_blocks_build_and_run_forward_backward():
     test_net.load_state_dict(net.state_dict())
     out = test_net.forward(data=data)
     assert out["loss"].shape == () and torch.isfinite(out["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randint(-3, 4, (2, 6, 9, 8)).double()           # ties: CUDA must pick the same maxima
+    rois = torch.from_numpy(ROIS)
+    pooled, mask = pool_with_mask(x, "kernel_size: 3 stride: 2")
+    cases = [
+        (mk("ConvolutionDepthwise", "convolution_param { kernel_size: 3 stride: 2 pad: 1 }", [x.shape]), (x,)),
+        (mk("ShuffleChannel", "shuffle_channel_param { group: 3 }", [x.shape]), (x,)),
+        (mk("Interp", "interp_param { zoom_factor: 3 pad_beg: -1 }", [x.shape]), (x,)),
+        (mk("Upsample", "upsample_param { upsample_h: 9 upsample_w: 8 }", [pooled.shape, mask.shape]), (pooled, mask)),
+        (mk("ROIPooling", "roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 }", [x.shape, rois.shape]),
+         (x, rois)),
+    ]
+    for layer, inputs in cases:
+        randomize(layer)
+        outs = []
+        for device in ("cpu", "cuda"):
+            layer.to(device)
+            v = inputs[0].to(device).requires_grad_()
+            y = layer(v, *(t.to(device) for t in inputs[1:]))
+            y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=device).view(y.shape))
+            outs.append((y.detach().cpu(), v.grad.cpu()))
+        assert outs[1][0].shape == outs[0][0].shape, layer.type
+        for a, b in zip(*outs):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-12, err_msg=layer.type)
+    gpu_y, gpu_mask = pool_with_mask(x.cuda(), "kernel_size: 3 stride: 2")
+    assert torch.equal(gpu_mask.cpu(), mask) and torch.equal(gpu_y.cpu(), pooled)
