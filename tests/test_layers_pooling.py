@@ -188,6 +188,24 @@ def test_argmax_top_in_a_net():
     assert torch.equal(picked, out["pool"])
 
 
+def test_pooling_mask_is_minus_one_where_nothing_beats_minus_flt_max():
+    # Caffe keeps a value only when it is > -FLT_MAX: in double, values below it are never chosen
+    x = torch.tensor([[[[-1e300, -1e300], [-FLT_MAX, 5.0]]]], dtype=torch.float64)
+    y, mask = pool_layer("pool: MAX kernel_size: 1 stride: 1", x.shape, tops=2)(x)
+    assert mask.flatten().tolist() == [-1, -1, -1, 3]
+    assert y.flatten().tolist() == [-FLT_MAX, -FLT_MAX, -FLT_MAX, 5.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pooling_mask_of_a_16_bit_input_is_exact_float32(dtype):
+    x = torch.randn(1, 1, 64, 64).to(dtype)
+    y, mask = pool_layer("pool: MAX kernel_size: 2 stride: 2", x.shape, tops=2)(x)
+    assert mask.dtype == torch.float32
+    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    assert ((mask // 64) // 2 == rows).all() and ((mask % 64) // 2 == cols).all()   # > 256: bf16 would round
+    assert torch.equal(x.reshape(-1)[mask.long().reshape(-1)].reshape(y.shape), y)
+
+
 def test_global_pooling_follows_the_bottom_size():
     x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
     ave = pool_layer("pool: AVE global_pooling: true", x.shape)
