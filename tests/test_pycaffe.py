@@ -186,6 +186,24 @@ def test_python_layer_runs_in_float64_nets(clean_modules):
     assert out["loss"].dtype == torch.float64 and out["loss"].item() == pytest.approx(12 / 3 / 2)   # the top: without the weight
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_python_layers_on_a_cuda_net_move_tensors_to_the_cpu_and_back(clean_modules):
+    text = loss_net("python").replace('bottom: "a"', 'bottom: "s"').replace(
+        "layer {", f'layer {{ name: "s" type: "Python" bottom: "a" top: "s" python_param {{ module: "{PYLAYERS}" '
+                   f'layer: "ScaleShiftLayer" }} }}\n        layer {{', 1)
+    a0, b0 = torch.randn(3, 2, 2), torch.randn(3, 2, 2)
+    results = []
+    for device in ("cpu", "cuda"):
+        net = CoreNet(text, device=device)
+        a = a0.to(device).requires_grad_()
+        net.forward(a=a, b=b0.to(device))
+        assert net.loss.device.type == device
+        net.loss.backward()
+        results.append((net.loss.item(), a.grad.cpu(), net.params["s"][0].grad.cpu()))
+    (lc, gc, pc), (lg, gg, pg) = results
+    assert lc == pytest.approx(lg) and torch.allclose(gc, gg) and torch.allclose(pc, pg)
+
+
 FAILING = '''
 import caffe
 
@@ -382,6 +400,24 @@ def test_net_backward_gives_input_and_param_diffs(tmp_path):
     assert np.allclose(net.blobs["ip"].diff, 3 * r / 2, atol=1e-5)
 
 
+def test_net_backward_from_an_output_diff_through_in_place_layers(deploy, tmp_path):
+    proto, weights, image, core = deploy
+    forced = tmp_path / "forced.prototxt"
+    forced.write_text("force_backward: true\n" + open(proto).read())
+    net = caffe.Net(str(forced), weights, caffe.TEST)
+    x = preprocessed(image)[None]
+    seed = np.random.RandomState(3).randn(1, 5).astype(np.float32)
+    net.forward(data=x)
+    diffs = net.backward(prob=seed, diffs=["pool1"])
+    xt = torch.from_numpy(x).requires_grad_()
+    out = core.forward(data=xt)
+    gx, gpool = torch.autograd.grad(out["prob"], [xt, core.blobs["pool1"]], torch.from_numpy(seed))
+    assert set(diffs) == {"data", "pool1"}
+    assert np.allclose(diffs["data"], gx.numpy(), atol=1e-6) and np.abs(diffs["data"]).sum() > 0
+    assert np.allclose(diffs["pool1"], gpool.numpy(), atol=1e-6)
+    assert np.array_equal(net.blobs["prob"].diff, seed)
+
+
 def test_pycaffe_solver_trains_python_layers(clean_modules):
     solver = caffe.SGDSolver(os.path.join(DATA, "solver.prototxt"))
     first = []
@@ -405,6 +441,22 @@ def test_pycaffe_solver_trains_python_layers(clean_modules):
     assert caffe.get_solver(os.path.join(DATA, "solver.prototxt")).iter == 0
 
 
+def test_net_spec_from_caffe_writes_a_net_caffe_net_runs(tmp_path, clean_modules):
+    from caffe import layers as L, params as P
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 3, 6, 6]))
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.out = L.Python(n.pool, module=PYLAYERS, layer="ScaleShiftLayer")
+    path = tmp_path / "spec.prototxt"
+    path.write_text(str(n.to_proto()))
+    net = caffe.Net(str(path), caffe.TEST)
+    x = np.random.RandomState(0).randn(2, 3, 6, 6).astype(np.float32)
+    net.params["out"][0].data[...] = 3
+    out = net.forward(data=x, blobs=["pool"])
+    pooled = x.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5))
+    assert set(out) == {"out", "pool"} and np.allclose(out["pool"], pooled) and np.allclose(out["out"], 3 * pooled)
+
+
 # ---- caffe.io ----------------------------------------------------------------------------------------------------
 
 def test_transformer_preprocess_and_deprocess_step_by_step():
@@ -420,8 +472,9 @@ def test_transformer_preprocess_and_deprocess_step_by_step():
     assert out.dtype == np.float32 and np.allclose(out, expected, atol=1e-4)
     assert np.allclose(t.deprocess("data", out), img, atol=1e-6)
     # an elementwise mean of another size is resized; a wrong channel count is refused
-    t.set_mean("data", np.full((3, 8, 10), 5.0))
-    assert t.mean["data"].shape == (3, 4, 5)
+    mean = np.random.RandomState(1).rand(3, 8, 10) * 100
+    t.set_mean("data", mean)
+    assert np.allclose(t.mean["data"], mean.reshape(3, 4, 2, 5, 2).mean(axis=(2, 4)), rtol=1e-5)
     with pytest.raises(ValueError, match="Mean channels incompatible with input."):
         t.set_mean("data", np.zeros(4))
     with pytest.raises(Exception, match="Transpose order needs to have the same number of dimensions"):
