@@ -132,6 +132,7 @@ class _Reader:
     def __init__(self, buf: bytes):
         self.buf = memoryview(buf)
         self.where: list[str] = []
+        self.next = ""      # what the top level reads next (a field that fails before it is known)
 
     def fields(self, start: int, end: int):
         return iter_fields(self.buf, start, end)
@@ -144,6 +145,7 @@ class _Reader:
     def net(self, start: int, end: int) -> ModelRecord:
         model = ModelRecord()
         new, old, v0 = [], [], False
+        self.next = "layer[0]"
         for f in self.fields(start, end):
             if f.number == 1 and f.wire_type == LEN:
                 model.name = self.string(f)
@@ -151,12 +153,14 @@ class _Reader:
                 self.where.append(f"layer[{len(new)}]")
                 new.append(self.layer(f.offset, f.offset + len(f.value)))
                 self.where.pop()
+                self.next = f"layer[{len(new)}] (after '{new[-1].name}')"
             elif f.number == 2 and f.wire_type == LEN:
                 self.where.append(f"layers[{len(old)}]")
                 rec, was_v0 = self.v1_layer(f.offset, f.offset + len(f.value))
                 old.append(rec)
                 v0 = v0 or was_v0
                 self.where.pop()
+                self.next = f"layers[{len(old)}] (after '{old[-1].name}')"
         if new and old:
             raise NetError("the file has both 'layer' and V1 'layers' fields (Caffe refuses such a NetParameter)")
         if old:
@@ -354,7 +358,7 @@ def _parse(data: bytes, path: str, what: str, expect: str, top, lead: str = ""):
     try:
         return top(reader)
     except WireError as e:
-        context = " ".join(reader.where)
+        context = " ".join(reader.where) or reader.next
         hint = " (the file looks like text: a prototxt?)" if _looks_like_text(data) else ""
         raise NetError(f"cannot read {what} '{path}': {lead}not a valid binary Caffe {expect}: {e.detail} at byte "
                        f"{e.offset}" + (f" while reading {context}" if context else "") + hint) from None
@@ -404,7 +408,7 @@ def _blob_pieces(rec: BlobRecord) -> list[bytes]:
         for number, d in zip((1, 2, 3, 4), (1,) * (4 - len(shape)) + shape):
             out.append(varint_field(number, d))
     double = values.dtype == np.float64
-    raw = np.ascontiguousarray(values, dtype="<f8" if double else "<f4").tobytes()
+    raw = memoryview(np.ascontiguousarray(values, dtype="<f8" if double else "<f4")).cast("B")   # no copy
     if raw and not double:
         out += [encode_key(5, LEN), encode_varint(len(raw)), raw]
     if not rec.legacy:
