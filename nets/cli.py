@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="net stage for include/exclude rules (repeatable, or comma-separated)")
     ap.add_argument("--level", type=int, default=0, help="net level for include/exclude rules (default 0)")
     ap.add_argument("--iterations", type=positive_int, metavar="N", help="passes to run (default 50)")
-    ap.add_argument("--weights", metavar="W.h5", help="HDF5 weights file (Caffe's layout) to load")
+    ap.add_argument("--weights", metavar="W.h5", help="weights to load: HDF5 (Caffe's layout) or binary .caffemodel")
     ap.add_argument("--device", type=_device, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
                     help="import a module or .py file that registers layers (repeatable)")

@@ -32,7 +32,7 @@ ROLE_FLAGS = ("pred_2d", "gt_2d", "pred_3d", "gt_3d", "visibility", "clamped", "
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Evaluate a test net over its split (2D/3D EPE, PCK, AUC).")
     ap.add_argument("net", help="test net (.prototxt) with a ReadIndexFromFile layer over the split")
-    ap.add_argument("--weights", help="HDF5 weights (Caffe's layout)")
+    ap.add_argument("--weights", help="weights: HDF5 (Caffe's layout) or binary .caffemodel")
     ap.add_argument("--random-init", action="store_true",
                     help="evaluate a net with weights without --weights (its fillers' random values)")
     ap.add_argument("--out", default="runs/evaluation", help="output folder (default runs/evaluation)")
