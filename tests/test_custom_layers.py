@@ -48,9 +48,9 @@ def cli(capsys, *argv):
 
 def test_unknown_type_says_how_to_load_user_layers_and_typos_keep_did_you_mean():
     with pytest.raises(NetError) as e:
-        Net('input: "x" input_shape { dim: 2 } layer { name: "a" type: "Swish" bottom: "x" top: "y" }', device="cpu")
+        Net('input: "x" input_shape { dim: 2 } layer { name: "a" type: "SiLU" bottom: "x" top: "y" }', device="cpu")
     msg = str(e.value)
-    assert msg.startswith("<string>:1:35: layer 'a' (Swish): unknown layer type 'Swish' (is it a layer of your own?")
+    assert msg.startswith("<string>:1:35: layer 'a' (SiLU): unknown layer type 'SiLU' (is it a layer of your own?")
     assert "--import FILE.py" in msg and 'type: "Python" with python_param' in msg and "\n" not in msg
     with pytest.raises(NetError) as e:
         Net('input: "x" input_shape { dim: 2 } layer { name: "a" type: "ReLu" bottom: "x" top: "y" }', device="cpu")
