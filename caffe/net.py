@@ -13,8 +13,9 @@ a blob's data is the very memory of the tensor the net computed (on a GPU, a cop
 forward, backward, save or solver step when the weights did not change meanwhile).
 
 Caffe's mode is the CPU until set_mode_gpu(); nets and solvers are built on the device of the mode in force.
-Where this differs from pycaffe: backward(start=, end=) is not supported; an in-place blob's diff is the
-gradient at its last producer's output; save() writes HDF5 in Caffe's layout (nets.weights).
+Where this differs from pycaffe: backward runs autograd through the graph of the last forward (a layer's
+Backward is not called on its own), and an in-place blob's diff is the gradient at its last producer's output;
+save() writes HDF5 in Caffe's layout (nets.weights).
 """
 
 from __future__ import annotations
@@ -244,13 +245,20 @@ class Net:
         return {out: self.blobs[out].data for out in outputs}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """Gradients of the loss (and of the diffs held by the output blobs) through the last forward; kwargs
-        set output diffs. Returns {blob: diff ndarray} for the inputs and `diffs`."""
-        if start is not None or end is not None:
-            raise NetError("caffe.Net.backward: start= and end= are not supported here; run the whole backward")
+        """Backward through the last forward, layers start..end (inclusive, downwards): the diffs the tops of the
+        range hold that no layer of the range consumes (an output's diff, one written into a blob; a loss top's
+        is its loss weight) go down to the bottoms, and the parameters' diffs accumulate. kwargs set output
+        diffs. Returns {blob: diff ndarray} for the inputs (the end layer's bottoms when `end` is given) and
+        `diffs`."""
         if diffs is None:
             diffs = []
-        outputs = set(self.inputs + list(diffs))
+        start_ind = self._layer_index(start) if start is not None else len(self.layers) - 1
+        if end is not None:
+            end_ind = self._layer_index(end)
+            outputs = set(self.bottom_names[end] + list(diffs))
+        else:
+            end_ind = 0
+            outputs = set(self.inputs + list(diffs))
         if kwargs:
             if set(kwargs.keys()) != set(self.outputs):
                 raise NetError(f"Top diff arguments do not match net outputs ({', '.join(self.outputs)})")
@@ -258,7 +266,7 @@ class Net:
                 if np.shape(diff)[0] != self.blobs[top].shape[0]:
                     raise NetError(f"Diff is not batch sized: '{top}'")
                 self.blobs[top].diff[...] = diff
-        self._backward()
+        self._backward(start_ind, end_ind)
         return {out: self.blobs[out].diff for out in outputs}
 
     def forward_all(self, blobs=None, **kwargs):
@@ -412,18 +420,30 @@ class Net:
         for name, t in tensors.items():
             blobs[name]._point(t)
 
-    def _backward(self) -> None:
+    def _backward(self, start: int, end: int) -> None:
         self._push_params()
         blobs = self.blobs
+        steps = self._net.plan[end:start + 1]
+        produced: set[str] = set()
+        consumed: set[str] = set()       # blobs whose diff comes from a layer of the range
+        wanted_names: dict[str, None] = {}
+        for st in steps:
+            for b in st.bottoms:
+                if b in produced:
+                    consumed.add(b)
+                wanted_names[b] = None
+            for t in st.tops:
+                produced.add(t)
+                consumed.discard(t)          # an in-place top is a new blob from here on
+        weighted = {t: w for st in steps for t, w in zip(st.tops, st.loss_weights) if w}
         roots, seeds, seeded = [], [], set()
-        for name in dict.fromkeys(self.outputs + list(self._loss_weights)):
+        for name in dict.fromkeys([t for st in steps for t in st.tops if t not in consumed] + list(weighted)):
             t = self._tensors.get(name)
             if t is None or not t.requires_grad:
                 continue
-            w = self._loss_weights.get(name, 0.0)
             diff = blobs[name].diff
-            if w:
-                diff[...] = w     # Caffe: a loss top's diff is its loss weight
+            if name in weighted:
+                diff[...] = weighted[name]     # Caffe: a loss top's diff is its loss weight
             if not diff.any():
                 continue
             roots.append(t)
@@ -431,8 +451,14 @@ class Net:
             seeded.add(name)
         if not roots:
             return
-        wanted = [(n, t) for n, t in self._tensors.items() if n not in seeded and t.requires_grad]
-        params = [pi.tensor for pi in self._net.param_info if pi.tensor.requires_grad]
+        wanted = [(n, self._tensors[n]) for n in wanted_names
+                  if n not in seeded and n in self._tensors and self._tensors[n].requires_grad]
+        params, seen = [], set()
+        for st in steps:
+            for p in self._net.layers[st.key].caffe_blobs():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
         grads = torch.autograd.grad(roots, [t for _, t in wanted] + params, seeds, retain_graph=True,
                                     allow_unused=True)
         for (name, t), g in zip(wanted, grads[:len(wanted)]):

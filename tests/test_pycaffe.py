@@ -416,6 +416,18 @@ def test_net_backward_from_an_output_diff_through_in_place_layers(deploy, tmp_pa
     assert np.allclose(diffs["data"], gx.numpy(), atol=1e-6) and np.abs(diffs["data"]).sum() > 0
     assert np.allclose(diffs["pool1"], gpool.numpy(), atol=1e-6)
     assert np.array_equal(net.blobs["prob"].diff, seed)
+    # DeepDream's step: forward to a layer, its data as its diff, backward from there to the image
+    net.forward(end="pool1")
+    dst = net.blobs["pool1"]
+    dst.diff[:] = dst.data
+    net.backward(start="pool1")
+    out = core.forward(data=xt)
+    (gx,) = torch.autograd.grad(core.blobs["pool1"], [xt], core.blobs["pool1"].detach(), retain_graph=True)
+    assert np.allclose(net.blobs["data"].diff, gx.numpy(), atol=1e-6) and np.abs(gx.numpy()).sum() > 0
+    # backward(end=) stops at that layer and returns its bottoms' diffs
+    diffs = net.backward(start="pool1", end="pool1")
+    (gconv,) = torch.autograd.grad(core.blobs["pool1"], [core.blobs["conv1"]], core.blobs["pool1"].detach())
+    assert set(diffs) == {"conv1"} and np.allclose(diffs["conv1"], gconv.numpy(), atol=1e-6)
 
 
 def test_pycaffe_solver_trains_python_layers(clean_modules):
