@@ -329,52 +329,94 @@ SAVE_OUTPUT_PARAM = Params("save_output_param", output_directory=Param(str, ""),
                            resize_param=Param(Message))
 
 
-def _jaccard_matrix(b: np.ndarray) -> np.ndarray:
-    """JaccardOverlap (bbox_util.cpp, normalized boxes) between every pair of rows of b (K, 4), in b's dtype:
-    0 unless the intersection has positive width and height; sizes are 0 for boxes with xmax < xmin or
-    ymax < ymin."""
+def _box_sizes(b: np.ndarray) -> np.ndarray:
+    """BBoxSize (normalized) of each row of b (K, 4): 0 when xmax < xmin or ymax < ymin, else width * height."""
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    size = np.where((x2 < x1) | (y2 < y1), b.dtype.type(0), (x2 - x1) * (y2 - y1))
-    iw = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
-    ih = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
-    hit = (iw > 0) & (ih > 0)
+    return np.where((x2 < x1) | (y2 < y1), b.dtype.type(0), (x2 - x1) * (y2 - y1))
+
+
+def _jaccard(box: np.ndarray, size, boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """JaccardOverlap (bbox_util.cpp, normalized boxes) of one box with each row of boxes, in their dtype: 0
+    unless the intersection has positive width and height, else intersection / (size1 + size2 - intersection)."""
+    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
     inter = iw * ih
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iou = inter / ((size[:, None] + size[None, :]) - inter)
-    return np.where(hit, iou, b.dtype.type(0))
+    iou = inter / ((size + sizes) - inter)
+    return np.where((iw > 0) & (ih > 0), iou, boxes.dtype.type(0))
 
 
-def _nms_fast(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_threshold: float, eta: float,
-              top_k: int) -> list[int]:
-    """ApplyNMSFast: the boxes scoring above score_threshold, best first (ties in index order: stable sort),
-    the first top_k of them (-1: all), each kept unless its overlap with a box kept before exceeds the
-    threshold; after each kept box, when eta < 1 and the threshold > 0.5, the threshold is multiplied by eta
-    (in float, as the fork)."""
+MASK_LIMIT = 1 << 24   # overlap-matrix entries computed at once; classes with more candidates than its root go row by row
+
+
+def _candidates(scores: np.ndarray, score_threshold: float, top_k: int) -> np.ndarray:
+    """GetMaxScoreIndex: the indices whose score is > score_threshold, best first (equal scores in index
+    order: std::stable_sort), the first top_k of them (-1: all)."""
     cand = np.flatnonzero(scores > scores.dtype.type(score_threshold))
     order = cand[np.argsort(-scores[cand], kind="stable")]
-    if top_k > -1:
-        order = order[:top_k]
-    if order.size == 0:
-        return []
-    iou = _jaccard_matrix(boxes[order])
-    thr = np.float32(nms_threshold)
+    return order[:top_k] if top_k > -1 else order
+
+
+def _overlap_masks(groups: list[np.ndarray], threshold: float, device) -> list[np.ndarray]:
+    """For each group of candidate boxes (K, 4), best first: the (K, K) mask 'box j may not be kept next to
+    kept box i', i.e. not JaccardOverlap(i, j) <= threshold; computed on `device` for all groups at once (in
+    chunks of MASK_LIMIT entries)."""
+    out: list[np.ndarray] = []
+    k_max = max(len(g) for g in groups)
+    per_chunk = max(1, MASK_LIMIT // max(1, k_max * k_max))
+    for start in range(0, len(groups), per_chunk):
+        chunk = groups[start:start + per_chunk]
+        padded = np.zeros((len(chunk), k_max, 4), dtype=chunk[0].dtype)
+        for g, boxes in enumerate(chunk):
+            padded[g, :len(boxes)] = boxes
+        b = torch.from_numpy(padded).to(device)
+        x1, y1, x2, y2 = b.unbind(-1)
+        sizes = torch.where((x2 < x1) | (y2 < y1), 0, (x2 - x1) * (y2 - y1))
+        iw = torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])
+        ih = torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])
+        inter = iw * ih
+        iou = torch.where((iw > 0) & (ih > 0), inter / ((sizes[:, :, None] + sizes[:, None, :]) - inter), 0)
+        masks = (~(iou <= threshold)).cpu().numpy()
+        out += [masks[g, :len(boxes), :len(boxes)] for g, boxes in enumerate(chunk)]
+    return out
+
+
+def _greedy(mask: np.ndarray) -> list[int]:
+    """ApplyNMSFast's pass with a fixed threshold, run from the kept side: each kept box (in order) rules out
+    the boxes its mask row marks."""
+    removed = np.zeros(len(mask), dtype=bool)
+    kept = []
+    for i in range(len(mask)):
+        if not removed[i]:
+            kept.append(i)
+            removed |= mask[i]
+    return kept
+
+
+def _nms_rows(b: np.ndarray, threshold: float, eta: float) -> list[int]:
+    """ApplyNMSFast's pass on candidate boxes b (K, 4), best first, overlaps computed a row at a time (for many
+    candidates, or with adaptive NMS, where after each kept box the threshold becomes threshold * eta (in
+    float, as the fork) while it is > 0.5)."""
+    sizes = _box_sizes(b)
+    thr = np.float32(threshold)
     kept: list[int] = []
-    if eta < 1:
-        eta32 = np.float32(eta)
-        for i in range(order.size):
-            if kept and not bool(np.all(iou[i, kept] <= thr)):
-                continue
-            kept.append(i)
-            if thr > 0.5:
-                thr = np.float32(thr * eta32)
-    else:
-        removed = np.zeros(order.size, dtype=bool)
-        for i in range(order.size):
-            if removed[i]:
-                continue
-            kept.append(i)
-            removed |= ~(iou[i] <= thr)
-    return [int(order[i]) for i in kept]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if eta < 1:
+            eta32 = np.float32(eta)
+            for i in range(len(b)):
+                if kept and not bool(np.all(_jaccard(b[i], sizes[i], b[kept], sizes[kept]) <= thr)):
+                    continue
+                kept.append(i)
+                if thr > 0.5:
+                    thr = np.float32(thr * eta32)
+        else:
+            removed = np.zeros(len(b), dtype=bool)
+            for i in range(len(b)):
+                if removed[i]:
+                    continue
+                kept.append(i)
+                if i + 1 < len(b):
+                    removed[i + 1:] |= ~(_jaccard(b[i], sizes[i], b[i + 1:], sizes[i + 1:]) <= thr)
+    return kept
 
 
 @register_layer("DetectionOutput")
@@ -406,8 +448,9 @@ class DetectionOutput(Layer):
     convention: one row per image, [image_id, -1, -1, -1, -1, -1, -1] (shape (1, 1, N, 7)).
     D is known only after forward: the shape inferred at build is (1, 1, 1, 7), as the fork's Reshape gives.
     No gradient (the fork's backward is NOT_IMPLEMENTED): the top never requires grad. Computed in float32
-    (float64 for float64 bottoms) on the CPU after decoding on the bottoms' device; thresholds are compared as
-    the float values caffe.proto stores.
+    (float64 for float64 bottoms): boxes are decoded and overlaps computed on the bottoms' device, the
+    candidates chosen and the greedy pass run on the CPU; thresholds are compared as the float values
+    caffe.proto stores. With float32 bottoms the selections are the fork's CPU ones.
     Params (detection_output_param): num_classes (required, > 0), share_location = true, background_label_id
     = 0 (-1: none), nms_param { nms_threshold = 0.3 (>= 0), top_k (none: all), eta = 1 (in (0, 1]) },
     code_type = CORNER (CORNER, CENTER_SIZE, CORNER_SIZE; or 1, 2, 3), variance_encoded_in_target = false,
@@ -512,15 +555,23 @@ class DetectionOutput(Layer):
             boxes = self.decode(loc, pri).cpu().numpy()                                  # (N, L, P, 4)
             scores = conf.detach().to(work).reshape(num, n_priors, n_cls).cpu().numpy()  # (N, P, C)
         nms = p.nms_param
+        threshold = _as_f32(nms.nms_threshold)
         per_image = []
         for i in range(num):
+            # ApplyNMSFast per class: candidates above the confidence threshold, best first, top_k of them;
+            # then the greedy pass, on the overlap masks of all classes at once where they are small enough
+            cands = {c: _candidates(scores[i, :, c], self.confidence_threshold, self.top_k)
+                     for c in range(n_cls) if c != p.background_label_id}
+            groups = {c: boxes[i, 0 if p.share_location else c][order] for c, order in cands.items() if order.size}
+            small = [c for c, g in groups.items() if nms.eta >= 1 and len(g) * len(g) <= MASK_LIMIT]
+            masks = dict(zip(small, _overlap_masks([groups[c] for c in small], threshold, loc.device))) if small else {}
             kept: dict[int, list[int]] = {}
-            for c in range(n_cls):
-                if c == p.background_label_id:
+            for c, order in cands.items():
+                if not order.size:
+                    kept[c] = []
                     continue
-                b = boxes[i, 0 if p.share_location else c]
-                kept[c] = _nms_fast(b, scores[i, :, c], self.confidence_threshold, nms.nms_threshold, nms.eta,
-                                    self.top_k)
+                picked = _greedy(masks[c]) if c in masks else _nms_rows(groups[c], threshold, nms.eta)
+                kept[c] = [int(order[k]) for k in picked]
             n_det = sum(len(v) for v in kept.values())
             if -1 < p.keep_top_k < n_det:
                 pairs = [(scores[i, j, c], c, j) for c in sorted(kept) for j in kept[c]]
