@@ -450,7 +450,8 @@ class DetectionOutput(Layer):
     No gradient (the fork's backward is NOT_IMPLEMENTED): the top never requires grad. Computed in float32
     (float64 for float64 bottoms): boxes are decoded and overlaps computed on the bottoms' device, the
     candidates chosen and the greedy pass run on the CPU; thresholds are compared as the float values
-    caffe.proto stores. With float32 bottoms the selections are the fork's CPU ones.
+    caffe.proto stores. With float32 bottoms the arithmetic is the fork's float arithmetic (exp may round
+    differently in the last bit).
     Params (detection_output_param): num_classes (required, > 0), share_location = true, background_label_id
     = 0 (-1: none), nms_param { nms_threshold = 0.3 (>= 0), top_k (none: all), eta = 1 (in (0, 1]) },
     code_type = CORNER (CORNER, CENTER_SIZE, CORNER_SIZE; or 1, 2, 3), variance_encoded_in_target = false,
