@@ -91,6 +91,13 @@ def test_clip_forward_and_inclusive_gradient():
 def test_clip_min_above_max_gives_min_as_caffe_and_both_bounds_are_required():
     layer = mk('type: "Clip" clip_param { min: 2 max: 1 }', [(4,)])
     assert layer(torch.tensor([-5.0, 1.5, 3.0, 0.0])).tolist() == [2.0] * 4   # std::max(min, std::min(x, max))
+    # std::min(NaN, max) is NaN (max < NaN is false), std::max(min, NaN) is min (min < NaN is false); no gradient
+    nan_layer = mk('type: "Clip" clip_param { min: -1 max: 1 }', [(3,)])
+    x = torch.tensor([float("nan"), 0.5, 2.0], requires_grad=True)
+    y = nan_layer(x)
+    assert y.tolist() == [-1.0, 0.5, 1.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 0.0]
     with pytest.raises(NetError, match=r"missing required param 'max' in clip_param"):
         mk('type: "Clip" clip_param { min: 0 }')
     with pytest.raises(NetError, match=r"layer 'l' \(Clip\): missing clip_param \{ min: ... \}"):

@@ -278,17 +278,18 @@ class BNLL(Layer):
 
 @register_layer("Clip")
 class Clip(Layer):
-    """y = max(min, min(x, max)) (Caffe's order: when min > max every y is min).
+    """y = max(min, min(x, max)) (Caffe's std::max / std::min order: when min > max every y is min, and a NaN
+    input gives min).
 
     Bottoms: x (any shape).  Tops: y (same shape).
     Params (clip_param): min, max (both required).
-    Gradient: 1 where min <= x <= max (bounds included, as Caffe), else 0.
-    Differs from Caffe: a NaN input stays NaN (Caffe's std::max/std::min turn it into min).
+    Gradient: 1 where min <= x <= max (bounds included, as Caffe), else 0 (NaN inputs included).
     """
     params = Params("clip_param", min=Param(float, REQUIRED), max=Param(float, REQUIRED))
 
     def forward(self, x):
-        return x.clamp(max=self.p.max).clamp(min=self.p.min)
+        y = x.clamp(max=self.p.max).clamp(min=self.p.min)
+        return torch.where(x.isnan(), torch.full_like(y, self.p.min), y)
 
 
 @register_layer("ELU")
