@@ -124,6 +124,22 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(sample) and all(32 <= b < 127 or b in (9, 10, 13) for b in sample)
 
 
+def _hint(data: bytes, expect: str) -> str:
+    """What a file that failed to read as a NetParameter probably is."""
+    if _looks_like_text(data):
+        return " (the file looks like text: a prototxt?)"
+    if expect == "model":
+        try:
+            blob = _Reader(data).blob(0, len(data))
+        except NetError:
+            blob = None
+        if blob is not None and blob.data.size:
+            return f" (it reads as one blob of shape {blob.shape}: a .binaryproto, e.g. a mean file?)"
+        if data[:1] == b"\x08":
+            return " (a solver state? it starts with an integer, as SolverState's iter does)"
+    return ""
+
+
 # ---- reading -----------------------------------------------------------------------------------------------
 
 class _Reader:
@@ -359,7 +375,7 @@ def _parse(data: bytes, path: str, what: str, expect: str, top, lead: str = ""):
         return top(reader)
     except WireError as e:
         context = " ".join(reader.where) or reader.next
-        hint = " (the file looks like text: a prototxt?)" if _looks_like_text(data) else ""
+        hint = _hint(data, expect)
         raise NetError(f"cannot read {what} '{path}': {lead}not a valid binary Caffe {expect}: {e.detail} at byte "
                        f"{e.offset}" + (f" while reading {context}" if context else "") + hint) from None
     except NetError as e:
@@ -371,7 +387,7 @@ def parse_caffemodel(data: bytes, path: str = "<bytes>", what: str = "weights", 
     '<path>': <lead>...`."""
     model = _parse(data, path, what, "model", lambda r: r.net(0, len(data)), lead)
     if not model.layers:
-        hint = " (the file looks like text: a prototxt?)" if _looks_like_text(data) else ""
+        hint = _hint(data, "model")
         raise NetError(f"cannot read {what} '{path}': {lead}not a binary Caffe model: it has no 'layer' or "
                        f"'layers' field{hint}")
     return model

@@ -471,6 +471,15 @@ def test_corrupt_truncated_and_foreign_files_give_one_line_and_exit_2(tmp_path, 
         "random.caffemodel": (np.random.default_rng(3).bytes(4096), r"no HDF5 signature and not a "),
         "empty.caffemodel": (b"", r"empty file$"),
         "torch.pt": (b"PK\x03\x04" + b"\x00" * 30, r"a ZIP archive \(a PyTorch checkpoint or \.npz\?\)"),
+        "mean.binaryproto": (vf(1, 1) + vf(2, 3) + vf(3, 2) + vf(4, 2) + packed_f32(5, [0.5] * 12),
+                             r"no HDF5 signature and not a binary Caffe model: it has no 'layer' or 'layers' field "
+                             r"\(it reads as one blob of shape \(1, 3, 2, 2\): a \.binaryproto, e\.g\. a mean "
+                             r"file\?\)$"),
+        "lenet_iter_10000.solverstate": (vf(1, 10000) + st(2, "lenet_iter_10000") + ld(3, shaped_blob((2,), [0, 0])),
+                                         r"no HDF5 signature and not a valid binary Caffe model: group end of "
+                                         r"field 13 without a group start at byte 5 while reading layers\[0\] "
+                                         r"\(a solver state\? it starts with an integer, as SolverState's iter "
+                                         r"does\)$"),
         "no_layers.caffemodel": (st(1, "x") + vf(5, 1), r"no HDF5 signature and not a binary Caffe model: it has "
                                                         r"no 'layer' or 'layers' field$"),
     }
