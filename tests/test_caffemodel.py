@@ -230,13 +230,15 @@ def test_protowire_needs_neither_numpy_nor_torch_and_its_examples_run():
 # ---- reading caffemodels written by hand ------------------------------------------------------------------
 
 def v1_model(expected, with_unknown=True) -> bytes:
-    """V1 `layers` (type enum), legacy 4-D dims, unpacked and packed floats, double_data, unknown fields."""
+    """V1 `layers` (type enum), legacy 4-D dims, unpacked and packed floats, double_data (unpacked, packed),
+    unknown fields."""
     cw, cb = expected["conv"]
     iw, ib = expected["ip"]
     unk = unknown_fields if with_unknown else (lambda base: b"")
     conv = (st(4, "conv") + vf(5, 4) + st(2, "data") + st(3, "conv") + unk(900) +
             ld(6, legacy_blob((2, 1, 3, 3), None, unpacked_f32(5, cw.ravel())) + unk(910)) +
-            ld(6, legacy_blob((1, 1, 1, 2), cb)) + key(7, 5) + struct.pack("<f", 1.0))   # blobs_lr
+            ld(6, legacy_blob((1, 1, 1, 2), None, b"".join(key(8, 1) + struct.pack("<d", v) for v in cb))) +
+            key(7, 5) + struct.pack("<f", 1.0))                                               # blobs_lr
     ip = (st(4, "ip") + vf(5, 14) + st(2, "conv") + st(3, "ip") +
           ld(6, legacy_blob((1, 1, 3, 8), None, packed_f32(5, iw.ravel()[:10]) + unpacked_f32(5, iw.ravel()[10:]))) +
           ld(6, legacy_blob((1, 1, 1, 3), None, packed_f64(8, ib.astype(np.float64)))))
@@ -252,6 +254,7 @@ def test_v1_caffemodel_with_legacy_dims_and_double_data_loads_into_a_net(tmp_pat
     assert [(r.name, r.type, r.bottoms, r.tops) for r in model.layers] == [
         ("data", "Data", [], ["data", "label"]), ("conv", "Convolution", ["data"], ["conv"]),
         ("ip", "InnerProduct", ["conv"], ["ip"]), ("extra", "", [], [])]
+    assert model.layers[1].blobs[1].data.dtype == np.float64          # unpacked double_data
     ip_blobs = model.layers[2].blobs
     assert [(b.shape, b.legacy, b.data.dtype) for b in ip_blobs] == [((1, 1, 3, 8), True, np.float32),
                                                                     ((1, 1, 1, 3), True, np.float64)]
