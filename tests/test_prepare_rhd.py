@@ -260,8 +260,13 @@ def test_index_and_missing_lists_partition_the_samples(converted):
                    for w in ("all", "left", "right")}
         assert index == USABLE[split]
         assert sorted(index + missing["all"]) == list(range(n))
-        assert missing["left"] == [i for i in missing["all"] if i % 2 == 0]
-        assert missing["right"] == [i for i in missing["all"] if i % 2 == 1]
+        # left (right) hands only: every other hand excluded, and the unusable ones of this hand
+        assert missing["left"] == sorted(set(missing["all"]) | set(range(1, n, 2)))
+        assert missing["right"] == sorted(set(missing["all"]) | set(range(0, n, 2)))
+        for which in ("all", "left", "right"):     # whatever a list leaves is usable and has its files
+            left_in = sorted(set(range(n)) - set(missing[which]))
+            assert set(left_in) <= set(index)
+            assert all(os.path.exists(memo.sample_path(out, split, "crop_image", i)) for i in left_in)
         assert summary[split]["usable"] == len(index)
         # unusable samples get no per-sample files
         for idx in missing["all"]:

@@ -405,13 +405,15 @@ def convert(rhd_root: str, out: str, splits=memo.SPLITS, workers: int | None = N
 
 
 def _write_lists(out, split, records):
+    """The index list and the three exclusion lists (memo.MISSING_LISTS says what each excludes)."""
     usable = [2 * r["image_id"] + h for r in records for h in (0, 1) if r["usable"][h]]
     excluded = {"all": [], "left": [], "right": []}
     for r in records:
-        for h, which in ((0, "left"), (1, "right")):
-            if not r["usable"][h]:
-                excluded["all"].append(2 * r["image_id"] + h)
-                excluded[which].append(2 * r["image_id"] + h)
+        for h, hand in ((0, "left"), (1, "right")):
+            idx = 2 * r["image_id"] + h
+            for which in ("all", "left", "right"):
+                if not r["usable"][h] or which not in ("all", hand):
+                    excluded[which].append(idx)
     _write(memo.index_list_path(out, split), "".join(f"{i}\n" for i in usable).encode("ascii"))
     for which, indices in excluded.items():
         text = f"{len(indices)}\n" + "".join(f"{i}\n" for i in sorted(indices))

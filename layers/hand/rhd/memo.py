@@ -4,7 +4,7 @@ Text layout, under ROOT (the converter's --out):
     ROOT/{split}/all_hand/<field>/<idx>.txt|png     per sample, idx = 2 * image_id + hand (0 left, 1 right)
     ROOT/{split}/matlab_gt_camera_k/<image_id>.txt  per image, 9 numbers row-major
     ROOT/training/all_hand/all_train_index.txt, ROOT/evaluation/all_hand/all_evaluation_index.txt
-    ROOT/{split}/all_hand/missing_{all,left,right}_new.txt   (count, then indices)
+    ROOT/{split}/all_hand/missing_{all,left,right}_new.txt   (count, then indices: see MISSING_LISTS)
     ROOT/training/all_hand/avg_bone.txt                       (20 numbers, bone order of skeleton.BONES)
 Packed form: ROOT/{split}/all_hand/packed.h5 holding the same values (see PACKED_FORMAT).
 
@@ -47,6 +47,15 @@ present, zero-filled, with usable = 0:
 Float arrays hold the values the text files hold (parsed back from their %12.6f text), so both layouts
 give identical numbers. Format 1 (still read) had crop_image (N,) vlen uint8, the PNG file bytes, instead of
 crop_pixels and crop_shape: 1.5x smaller on the synthetic set, but decoding the PNG was most of a reader's time."""
+
+
+MISSING_LISTS = """\
+The exclusion lists, as the author's nets use them (they draw indices over both hands of every image and exclude
+one of these; see the README):
+  missing_all_new.txt    every unusable sample, both hands (the memo's deprecated list)
+  missing_left_new.txt   what to exclude to train on LEFT hands only: every right hand and every unusable left hand
+  missing_right_new.txt  what to exclude to train on RIGHT hands only: every left hand and every unusable right hand
+So every list leaves only usable samples, and an index not excluded has all its files."""
 
 
 def split_dir(root: str, split: str) -> str:
