@@ -15,7 +15,7 @@ forward, backward, save or solver step when the weights did not change meanwhile
 Caffe's mode is the CPU until set_mode_gpu(); nets and solvers are built on the device of the mode in force.
 Where this differs from pycaffe: backward runs autograd through the graph of the last forward (a layer's
 Backward is not called on its own), and an in-place blob's diff is the gradient at its last producer's output;
-save() writes HDF5 in Caffe's layout (nets.weights).
+save() writes a binary .caffemodel for a name ending in .caffemodel, else HDF5 in Caffe's layout (nets.weights).
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class Net:
         load_weights(self._net, os.fspath(path))
 
     def save(self, path) -> None:
-        """Write the weights (HDF5 in Caffe's layout, nets.weights)."""
+        """Write the weights: binary Caffe for a '.caffemodel' name, else HDF5 in Caffe's layout (nets.weights)."""
         self._push_params()
         save_weights(self._net, os.fspath(path))
 

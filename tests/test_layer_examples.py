@@ -1,4 +1,5 @@
-"""Runs the `Examples::` block of every registered layer's docstring (layers/caffe, layers/hand) as a doctest.
+"""Runs the `Examples::` block of every registered layer's docstring (layers/caffe, layers/forks,
+layers/hand) as a doctest.
 
 Each example builds its layer with layers.build.make_layer on a small closed-form input and prints a value a
 reader can check by hand; a layer whose docstring has no `>>>` lines is not collected. REQUIRED lists the
@@ -14,6 +15,7 @@ import torch
 
 import layers
 import layers.caffe
+import layers.forks
 import layers.hand
 from layers.registry import registered_types
 
@@ -23,24 +25,24 @@ REQUIRED = ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "
             "Eltwise", "Concat", "Slice", "Flatten", "Reshape", "BatchNorm", "Scale", "EuclideanLoss",
             "SoftmaxWithLoss", "Accuracy", "HandScale", "NormalizedRootDepth", "GenHeatmap", "SoftArgmax",
             "LatentDepth", "CropToImage", "RootDepth", "ScaleRecovery", "Reconstruct3D", "L1Loss", "EPE2D", "EPE3D",
-            "PCK3D")
+            "PCK3D", "ConvolutionDepthwise", "ShuffleChannel")
 
 
 def _import_layer_modules() -> None:
-    """Every module directly under layers/caffe and layers/hand (not the layers/hand/rhd package)."""
-    for pkg in (layers.caffe, layers.hand):
+    """Every module directly under layers/caffe, layers/forks and layers/hand (not the layers/hand/rhd package)."""
+    for pkg in (layers.caffe, layers.forks, layers.hand):
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.ispkg:
                 importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
 def _layer_classes() -> dict[str, type]:
-    """Registered layer classes defined in layers/caffe or layers/hand, by class name (aliases collapse)."""
+    """Registered layer classes defined in layers/caffe, layers/forks or layers/hand, by class name (aliases collapse)."""
     _import_layer_modules()
     found = {}
     for cls in registered_types().values():
         mod = cls.__module__
-        if mod.startswith(("layers.caffe.", "layers.hand.")) and not mod.startswith("layers.hand.rhd"):
+        if mod.startswith(("layers.caffe.", "layers.forks.", "layers.hand.")) and not mod.startswith("layers.hand.rhd"):
             found[cls.__name__] = cls
     return dict(sorted(found.items()))
 

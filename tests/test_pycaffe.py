@@ -376,6 +376,13 @@ def test_net_reshape_save_and_copy_from(deploy, tmp_path):
     other = caffe.Net(proto, str(tmp_path / "edited.h5"), caffe.TEST)
     assert other.params["conv1"][1].data.tolist() == [7.0] * 4
     assert np.array_equal(other.params["fc"][0].data, core.params["fc"][0].detach().numpy())
+    # a .caffemodel name writes Caffe's binary model, which loads back to the same numbers
+    net.save(str(tmp_path / "edited.caffemodel"))
+    assert open(tmp_path / "edited.caffemodel", "rb").read(8) != b"\x89HDF\r\n\x1a\n"
+    binary = caffe.Net(proto, str(tmp_path / "edited.caffemodel"), caffe.TEST)
+    for name in ("conv1", "fc"):
+        for a, b in zip(binary.params[name], other.params[name]):
+            assert np.array_equal(a.data, b.data)
 
 
 def test_net_backward_gives_input_and_param_diffs(tmp_path):
