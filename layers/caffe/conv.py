@@ -23,6 +23,34 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
+def per_axis(layer, name: str, short: str | None, n: int, default: int | None, what: str = "convolution"
+             ) -> tuple[int, ...]:
+    """Caffe's geometry rule (ConvolutionParameter, also read by Im2col): one value per spatial axis from
+    `name` (given once or once per axis) or, 2-D only, from short_h / short_w; `what` names the op in messages."""
+    p = layer.p
+    values = getattr(p, name)
+    if short is not None:
+        h, w = f"{short}_h", f"{short}_w"
+        if p.has(h) or p.has(w):
+            if n != 2:
+                raise layer.error(f"{h} / {w} can only be used for 2-D {what}; this bottom has {n} "
+                                  f"spatial axes (use {name})")
+            if values:
+                raise layer.error(f"give either {name} or {h} / {w}, not both")
+            # kernel_h/w and stride_h/w have no default in caffe.proto (Caffe then fails on the 0)
+            if short != "pad" and not (p.has(h) and p.has(w)):
+                raise layer.error(f"give both {h} and {w}")
+            return getattr(p, h), getattr(p, w)
+    if not values:
+        if default is None:
+            raise layer.error(f"missing {name}" + (f" (or {short}_h and {short}_w)" if n == 2 else ""))
+        return (default,) * n
+    if len(values) not in (1, n):
+        raise layer.error(f"{name} must be given once, or once per spatial axis ({n}); given "
+                          f"{len(values)} times")
+    return tuple(values) * n if len(values) == 1 else tuple(values)
+
+
 class _BaseConv(Layer):
     """Shared setup of Convolution and Deconvolution (Caffe's BaseConvolutionLayer)."""
     params = CONVOLUTION_PARAM
@@ -43,10 +71,10 @@ class _BaseConv(Layer):
         if n not in _CONV:
             raise self.error(f"supports 1 to 3 spatial axes after the channel axis {self.axis}, but the bottom "
                              f"{shape} has {n}")
-        self.kernel = self._per_axis("kernel_size", "kernel", n, None)
-        self.stride = self._per_axis("stride", "stride", n, 1)
-        self.pad = self._per_axis("pad", "pad", n, 0)
-        self.dilation = self._per_axis("dilation", None, n, 1)
+        self.kernel = per_axis(self, "kernel_size", "kernel", n, None)
+        self.stride = per_axis(self, "stride", "stride", n, 1)
+        self.pad = per_axis(self, "pad", "pad", n, 0)
+        self.dilation = per_axis(self, "dilation", None, n, 1)
         for name, vals, low in (("kernel size", self.kernel, 1), ("stride", self.stride, 1),
                                 ("pad", self.pad, 0), ("dilation", self.dilation, 1)):
             if min(vals) < low:
@@ -75,31 +103,6 @@ class _BaseConv(Layer):
         """(num_output, group) for a bottom of `channels` channels: convolution_param's, here. Subclasses that
         fix them (a depthwise convolution: (C, C)) override this; setup checks the values either way."""
         return self.p.num_output, self.p.group
-
-    def _per_axis(self, name: str, short: str | None, n: int, default: int | None) -> tuple[int, ...]:
-        """One value per spatial axis from `name` (given once or once per axis) or from short_h / short_w."""
-        p = self.p
-        values = getattr(p, name)
-        if short is not None:
-            h, w = f"{short}_h", f"{short}_w"
-            if p.has(h) or p.has(w):
-                if n != 2:
-                    raise self.error(f"{h} / {w} can only be used for 2-D convolution; this bottom has {n} "
-                                     f"spatial axes (use {name})")
-                if values:
-                    raise self.error(f"give either {name} or {h} / {w}, not both")
-                # kernel_h/w and stride_h/w have no default in caffe.proto (Caffe then fails on the 0)
-                if short != "pad" and not (p.has(h) and p.has(w)):
-                    raise self.error(f"give both {h} and {w}")
-                return getattr(p, h), getattr(p, w)
-        if not values:
-            if default is None:
-                raise self.error(f"missing {name}" + (f" (or {short}_h and {short}_w)" if n == 2 else ""))
-            return (default,) * n
-        if len(values) not in (1, n):
-            raise self.error(f"{name} must be given once, or once per spatial axis ({n}); given "
-                             f"{len(values)} times")
-        return tuple(values) * n if len(values) == 1 else tuple(values)
 
     def _check_sizes(self, sizes) -> None:
         """Caffe's output size must be positive for these spatial sizes (see the class docstrings)."""

@@ -7,7 +7,7 @@ import math
 import torch.nn.functional as F
 
 from layers.base import Layer, Param, Params, channel_axis
-from layers.caffe.conv import CONVOLUTION_PARAM
+from layers.caffe.conv import CONVOLUTION_PARAM, per_axis
 from layers.registry import register_layer
 
 # convolution_param as Convolution reads it, but num_output is not needed (Im2col ignores it, as Caffe)
@@ -49,37 +49,15 @@ class Im2col(Layer):
         if n < 1:
             raise self.error(f"needs at least one spatial axis after the channel axis {self.axis}; the bottom "
                              f"{shape} has none")
-        self.kernel = self._per_axis("kernel_size", "kernel", n, None)
-        self.stride = self._per_axis("stride", "stride", n, 1)
-        self.pad = self._per_axis("pad", "pad", n, 0)
-        self.dilation = self._per_axis("dilation", None, n, 1)
+        self.kernel = per_axis(self, "kernel_size", "kernel", n, None, "im2col")
+        self.stride = per_axis(self, "stride", "stride", n, 1, "im2col")
+        self.pad = per_axis(self, "pad", "pad", n, 0, "im2col")
+        self.dilation = per_axis(self, "dilation", None, n, 1, "im2col")
         for name, vals, low in (("kernel size", self.kernel, 1), ("stride", self.stride, 1), ("pad", self.pad, 0),
                                 ("dilation", self.dilation, 1)):
             if min(vals) < low:
                 raise self.error(f"{name} must be >= {low}, got {list(vals)}")
         self.out_sizes(shape)
-
-    def _per_axis(self, name: str, short: str | None, n: int, default: int | None) -> tuple[int, ...]:
-        """Caffe's rule: `name` once or once per spatial axis, or (2-D only) short_h + short_w."""
-        p = self.p
-        values = getattr(p, name)
-        if short is not None and (p.has(f"{short}_h") or p.has(f"{short}_w")):
-            h, w = f"{short}_h", f"{short}_w"
-            if n != 2:
-                raise self.error(f"{h} / {w} can only be used for 2-D im2col; this bottom has {n} spatial axes")
-            if values:
-                raise self.error(f"give either {name} or {h} / {w}, not both")
-            if short != "pad" and not (p.has(h) and p.has(w)):
-                raise self.error(f"give both {h} and {w}")
-            return getattr(p, h), getattr(p, w)
-        if not values:
-            if default is None:
-                raise self.error(f"missing {name}" + (f" (or {short}_h and {short}_w)" if n == 2 else ""))
-            return (default,) * n
-        if len(values) not in (1, n):
-            raise self.error(f"{name} must be given once, or once per spatial axis ({n}); given {len(values)} "
-                             f"times")
-        return tuple(values) * n if len(values) == 1 else tuple(values)
 
     def out_sizes(self, shape) -> list[int]:
         sizes = shape[self.axis + 1:]
