@@ -14,6 +14,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis", "onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["run-net = nets.cli:main", "draw-net = nets.draw:main"]},
 )
