@@ -300,7 +300,7 @@ def test_missing_or_foreign_packed_file(data, tmp_path):
     other.mkdir(parents=True)
     with h5py.File(other / "packed.h5", "w") as f:
         f.create_dataset("gt_3d", data=np.zeros((2, 21, 3), np.float32))
-    with pytest.raises(NetError, match=r"format_version None, expected 2 "
+    with pytest.raises(NetError, match=r"format_version None, expected 3 "
                                        r"\(not a packed RHD file, or written by another version: "
                                        r"tools/prepare_rhd.py rebuilds it\)"):
         reader("ReadJoint3D", str(tmp_path), True)(index([0]))

@@ -311,7 +311,7 @@ def test_packed_file_equals_the_text_files(converted):
         num_images = len(LAYOUT[split])
         with h5py.File(memo.packed_path(out, split), "r") as f:
             assert f.attrs["split"] == split and f.attrs["num_images"] == num_images
-            assert f.attrs["format_version"] == 2
+            assert f.attrs["format_version"] == 3
             assert f["crop_pixels"].shape == (2 * num_images,) and f["gt_3d"].dtype == np.float32
             assert f["index_list"][:].tolist() == USABLE[split] and f["index_list"].dtype == np.int32
             assert np.array_equal(f["avg_bone"][:], avg.astype(np.float32))

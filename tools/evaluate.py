@@ -3,11 +3,14 @@
 
     python tools/evaluate.py NET.prototxt (--weights W.h5 | --random-init) [--out DIR] [--device cpu|cuda]
                              [--workers N] [--dtype float32|float64] [--samples N] [--debug-images K]
-                             [--name LABEL] [--pred-2d BLOB] [--gt-2d BLOB] [--pred-3d BLOB] [--gt-3d BLOB]
+                             [--protocol all|rhd] [--root wrist|palm] [--name LABEL] [--pred-2d BLOB] [--gt-2d BLOB] [--pred-3d BLOB] [--gt-3d BLOB]
                              [--visibility BLOB] [--clamped BLOB] [--ambiguous BLOB] [--image BLOB]
                              [--pred-2d-crop BLOB] [--gt-2d-crop BLOB] [--heatmaps BLOB] [--debug]
 
 Every sample of the net's ReadIndexFromFile list is evaluated once (a last batch's extra rows count nowhere).
+--protocol all (default) counts every usable hand; rhd counts one hand per image, the one with more mask pixels
+(a tie: the right hand), as ColorHandPose3D and the papers quoting RHD (layers/hand/rhd/protocol.py). --root palm
+measures the root-relative 3D error from the palm centre 0.5 (J0 + J12), as ColorHandPose3D; default the wrist.
 Writes DIR/metrics.md, metrics.json, pck.png and, for the first K samples, skeleton overlays (prediction solid,
 GT dashed) and heatmap montages. Blobs are found from the net's layers (layers.hand.evaluation.find_roles);
 the flags name them instead. A net with weights needs --weights (a file that matches none of its layers is
@@ -21,8 +24,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from layers.hand.rhd.protocol import PROTOCOLS  # noqa: E402
 from netdef.errors import NetError, add_debug_flag, run_tool  # noqa: E402
 
 ROLE_FLAGS = ("pred_2d", "gt_2d", "pred_3d", "gt_3d", "visibility", "clamped", "ambiguous", "image", "pred_2d_crop",
@@ -42,6 +47,12 @@ def main(argv=None) -> int:
                     help="run the net in this precision (float64 for exactness checks)")
     ap.add_argument("--samples", type=int, help="evaluate the first N samples (default: the whole index list)")
     ap.add_argument("--debug-images", type=int, default=4, metavar="K", help="overlays for the first K samples")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="all",
+                    help="all: every usable hand (default); rhd: per image the hand with more mask pixels (a tie: "
+                         "the right hand), as ColorHandPose3D and the papers quoting RHD")
+    ap.add_argument("--root", choices=("wrist", "palm"), default="wrist",
+                    help="root of the root-relative 3D numbers: the wrist (keypoint 0, default) or the palm centre "
+                         "0.5 (J0 + J12), as ColorHandPose3D")
     ap.add_argument("--name", default="net", help="the column's name in the table")
     for role in ROLE_FLAGS:
         ap.add_argument("--" + role.replace("_", "-"), dest=role, metavar="BLOB",
@@ -76,6 +87,39 @@ def load_or_refuse(net, weights: str | None, random_init: bool) -> None:
               f"fillers", file=sys.stderr)
 
 
+def rhd_data(net, roles) -> tuple[str, str, bool, object]:
+    """(root, split, packed, index list) of the data the net evaluates, for --protocol rhd: from the ReadJoint3D
+    layer that gives the GT 3D (else the net's first) and the ReadIndexFromFile layer."""
+    from layers.hand.index import ReadIndexFromFile
+    from layers.hand.readers import ReadJoint3D
+    found = [st for st in net.plan if isinstance(net.layers[st.key], ReadJoint3D)]
+    if not found:
+        raise NetError("--protocol rhd needs the converter's mask pixel counts, but the net has no ReadJoint3D "
+                       "layer (rhd_data_param) to say where its data is")
+    step = next((st for st in found if roles.get("gt_3d") in st.tops), found[0])
+    reader = net.layers[step.key]
+    lists = [net.layers[st.key] for st in net.plan if isinstance(net.layers[st.key], ReadIndexFromFile)]
+    if not lists:
+        raise NetError("--protocol rhd needs each row's sample index, but the net has no ReadIndexFromFile layer")
+    from layers.hand.rhd.protocol import read_mask_pixels
+    data = reader.root, reader.split, bool(reader.packed_path), lists[0].index_list
+    read_mask_pixels(*data[:3], np.unique(data[3] // 2))     # a layout without the counts: one line, before the run
+    return data
+
+
+def select_protocol(collected, data, protocol: str):
+    """(the rows of the protocol, a note for the table or None)."""
+    if protocol == "all":
+        return collected, None
+    from layers.hand.rhd.protocol import select_dominant
+    root, split, packed, index_list = data
+    keep, info = select_dominant(collected.index, root, split, packed, index_list)
+    note = (f"--protocol rhd: {info['images']} images, each its dominant hand (more mask pixels; a tie: the right "
+            f"hand); {info['non_dominant']} other hand(s) left out; {info['dominant_unusable']} image(s) of the "
+            f"split whose dominant hand is unusable, not evaluated.")
+    return collected.subset(keep), dict(info, note=note)
+
+
 def run(args) -> int:
     from layers.hand import evaluation
     from nets.net import Net
@@ -91,6 +135,7 @@ def run(args) -> int:
         if problem:
             print(f"warning: no debug images: {problem}", file=sys.stderr)
             debug_count = 0
+        data = rhd_data(net, roles) if args.protocol == "rhd" else None
         total = args.samples or evaluation.split_size(net)[0]
         bar = None
         if sys.stderr.isatty():
@@ -102,7 +147,13 @@ def run(args) -> int:
             bar.close()
     finally:
         net.close()
-    rows = {args.name: evaluation.compute_metrics(collected)}
+    collected, info = select_protocol(collected, data, args.protocol)
+    row = evaluation.compute_metrics(collected, root=args.root)
+    row["protocol"] = args.protocol
+    if info is not None:
+        row.update(protocol_note=info["note"], non_dominant_left_out=info["non_dominant"],
+                   dominant_unusable=info["dominant_unusable"])
+    rows = {args.name: row}
     paths = evaluation.save_report(rows, args.out)
     evaluation.write_debug_images(collected.debug, args.out)
     print(evaluation.markdown_table(rows), end="")

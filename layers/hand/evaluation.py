@@ -44,6 +44,26 @@ class Collected:
     clamped: int | None = None                     # None: the net has no RootDepth (nothing to count)
     debug: list = field(default_factory=list)      # (idx, image, pred_crop, gt_crop, heatmap) of the first few
     root_status: dict[str, int] | None = None      # RootDepth's cases (ROOT_STATUS_NAMES) -> number of samples
+    status: np.ndarray | None = None               # per sample: RootDepth's case, or the user's 0/1 clamped flag
+    status_is_root_depth: bool = False             # status holds RootDepth's cases (else 0/1 flags)
+
+    def subset(self, keep: np.ndarray) -> "Collected":
+        """The samples where keep (bool, one per sample) is true, counts recomputed over them; debug items kept."""
+        keep = np.asarray(keep, bool)
+        status = self.status[keep] if self.status is not None else None
+        clamped, root_status = _counts(status, self.status_is_root_depth)
+        return Collected(self.index[keep], {r: v[keep] for r, v in self.blobs.items()}, clamped, self.debug,
+                         root_status, status, self.status_is_root_depth)
+
+
+def _counts(status, is_root_depth: bool):
+    """(clamped count, RootDepth's cases -> counts or None) of per-sample statuses; (None, None) without any."""
+    if status is None:
+        return None, None
+    if not is_root_depth:
+        return int(status.sum()), None
+    return (int(np.isin(status, ROOT_CLAMPED).sum()),
+            {name: int((status == code).sum()) for code, name in ROOT_STATUS_NAMES.items()})
 
 
 def _index_step(net):
@@ -257,15 +277,9 @@ def collect(net, names: dict[str, str | None] | None = None, samples: int | None
                 progress(take)
     blobs = {r: np.concatenate(p) for r, p in parts.items() if p}
     index = np.concatenate(index_parts) if index_parts else np.arange(seen)
-    clamped = root_status = None
-    if counter is not None:
-        status = np.concatenate(statuses)
-        if is_status:
-            clamped = int(np.isin(status, ROOT_CLAMPED).sum())
-            root_status = {name: int((status == code).sum()) for code, name in ROOT_STATUS_NAMES.items()}
-        else:
-            clamped = int(status.sum())
-    return Collected(index, blobs, clamped, debug, root_status)
+    status = np.concatenate(statuses) if counter is not None else None
+    clamped, root_status = _counts(status, is_status)
+    return Collected(index, blobs, clamped, debug, root_status, status, is_status)
 
 
 def _debug_items(b, roles, index_blob, take, count):
@@ -282,22 +296,40 @@ def _debug_items(b, roles, index_blob, take, count):
     return out
 
 
-def compute_metrics(c: Collected) -> dict:
-    """The table's numbers: EPE 2D (px), EPE 3D root-relative and absolute (mm), PCK curve, both AUCs."""
+ROOTS = ("wrist", "palm")
+
+
+def compute_metrics(c: Collected, root: str = "wrist") -> dict:
+    """The table's numbers: EPE 2D (px), EPE 3D root-relative and absolute (mm), PCK curve, AUCs 20-50 and 0-50
+    (ours and ColorHandPose3D's). root: "wrist" (keypoint 0) or "palm" (metrics.palm_centred: keypoint 0 replaced
+    by the palm centre in prediction and GT, as ColorHandPose3D) for the root-relative numbers; the 2D and the
+    absolute 3D errors are over the 21 RHD keypoints either way."""
+    if root not in ROOTS:
+        raise ValueError(f"root must be one of {ROOTS}, got {root!r}")
     b = c.blobs
     vis = b.get("visibility")
-    rel = metrics.errors_3d(b["pred_3d"], b["gt_3d"], root_relative=True)
+    pred, gt, rel_vis = b["pred_3d"], b["gt_3d"], vis
+    if root == "palm":
+        pred, _ = metrics.palm_centred(pred)
+        gt, rel_vis = metrics.palm_centred(gt, vis)
+    rel = metrics.errors_3d(pred, gt, root_relative=True)
     thresholds = np.arange(0, 51, dtype=np.float64)
-    pck = metrics.pck_curve(rel, thresholds, vis)
+    pck = metrics.pck_curve(rel, thresholds, rel_vis)
     ambiguous = int(b["ambiguous"].sum()) if "ambiguous" in b else None
+    chp3d_mean, chp3d_median = metrics.epe_colorhandpose3d(rel, rel_vis)
     return {
         "samples": int(len(c.index)),
         "keypoints": "visible" if vis is not None else "all",
+        "root": root,
         "epe_2d_px": float(metrics.epe_2d(b["pred_2d"], b["gt_2d"], vis)),
-        "epe_3d_rel_mm": float(metrics.epe_3d(b["pred_3d"], b["gt_3d"], vis, root_relative=True)),
+        "epe_3d_rel_mm": float(metrics.epe_3d(pred, gt, rel_vis, root_relative=True)),
+        "epe_3d_rel_chp3d_mean_mm": chp3d_mean,
+        "epe_3d_rel_chp3d_median_mm": chp3d_median,
         "epe_3d_abs_mm": float(metrics.epe_3d(b["pred_3d"], b["gt_3d"], vis, root_relative=False)),
         "auc_20_50": float(metrics.auc(thresholds, pck, 20.0, 50.0)),
-        "auc_chp3d": float(metrics.auc_colorhandpose3d(rel, vis)),
+        "auc_0_50": float(metrics.auc(thresholds, pck, 0.0, 50.0)),
+        "auc_chp3d": float(metrics.auc_colorhandpose3d(rel, rel_vis)),
+        "auc_chp3d_0_50": float(metrics.auc_colorhandpose3d(rel, rel_vis, first_index=0)),
         "pck_thresholds_mm": thresholds.tolist(),
         "pck": [float(v) for v in pck],
         "clamped_roots": c.clamped,
@@ -321,9 +353,13 @@ def markdown_table(rows: dict[str, dict]) -> str:
     row("samples", "samples", "{}")
     row("2D EPE (px)", "epe_2d_px", "{:.2f}")
     row("3D EPE root-relative (mm)", "epe_3d_rel_mm", "{:.2f}")
+    row("3D EPE root-relative, ColorHandPose3D mean (mm)", "epe_3d_rel_chp3d_mean_mm", "{:.2f}")
+    row("3D EPE root-relative, ColorHandPose3D median (mm)", "epe_3d_rel_chp3d_median_mm", "{:.2f}")
     row("3D EPE absolute (mm)", "epe_3d_abs_mm", "{:.2f}")
     row(metrics.AUC_NAME, "auc_20_50", "{:.3f}")
+    row("AUC 0-50 mm", "auc_0_50", "{:.3f}")
     row(metrics.CHP3D_AUC_NAME, "auc_chp3d", "{:.3f}")
+    row(metrics.CHP3D_AUC_NAME[:-1] + ", 0-50 mm)", "auc_chp3d_0_50", "{:.3f}")
     row("clamped root depths", "clamped_roots", "{}")
     row("ambiguous root depths", "ambiguous_roots", "{}")
     kp = {rows[n].get("keypoints", "all") for n in names}
@@ -334,8 +370,15 @@ def markdown_table(rows: dict[str, dict]) -> str:
                    if cases.get(ROOT_STATUS_NAMES[k])]
         if clamped:
             lines.append(f"Clamped root depths ({n}): {', '.join(clamped)} (RootDepth's cases).")
-    lines.append(f"Errors over {' / '.join(sorted(kp))} keypoints; 3D root-relative to the wrist; "
-                 f"{metrics.AUC_NAME} on the PCK curve sampled every 1 mm.")
+    for n in names:
+        if rows[n].get("protocol_note"):
+            lines.append(f"Samples ({n}): {rows[n]['protocol_note']}")
+    roots = sorted({rows[n].get("root", "wrist") for n in names})
+    root_text = " / ".join("the palm centre 0.5 (J0 + J12), as ColorHandPose3D" if r == "palm" else "the wrist"
+                           for r in roots)
+    lines.append(f"Errors over {' / '.join(sorted(kp))} keypoints; 3D root-relative to {root_text}; "
+                 f"{metrics.AUC_NAME} and 0-50 mm on the PCK curve sampled every 1 mm; ColorHandPose3D's on its "
+                 f"20 thresholds linspace(0, 50, 20), per keypoint first.")
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,16 @@ Two AUCs:
                          equals auc(CHP3D_THRESHOLDS_MM, pck_curve(errors, CHP3D_THRESHOLDS_MM), 400/19, 50).
                          Their errors are root-relative 3D (GT centred on keypoint 0, which their RHD
                          reader sets to the palm centre, use_wrist_coord=False); feed ours root-relative
-                         to the wrist (errors_3d's default) and say so when comparing.
+                         to the wrist (errors_3d's default) and say so when comparing, or take
+                         palm_centred() first. first_index=0 gives the script's other number, the area on
+                         the whole curve, 0-50 mm (EvalUtil.get_measures' auc: the mean of the per-keypoint
+                         AUCs, which is the AUC of the mean curve).
+  epe_colorhandpose3d()  that script's "Average mean EPE" and "Average median EPE": per keypoint the mean
+                         (median) error over the samples where it is visible, then the mean over keypoints.
+
+The palm-centre root (palm_centred): hand3d's BinaryDbReader with use_wrist_coord=False replaces keypoint 0
+(the wrist) by 0.5 * (J_0 + J_12), 12 being the middle finger's MCP in RHD's order, visible when J_0 or J_12
+is; eval_full.py then centres the GT on it. The wrist itself is then not evaluated.
 """
 
 from __future__ import annotations
@@ -41,10 +50,11 @@ CHP3D_AUC_NAME = "AUC (ColorHandPose3D protocol)"
 DEFAULT_THRESHOLDS_MM = np.arange(0.0, 51.0, 1.0)        # 0, 1, ..., 50 mm (51 points)
 CHP3D_THRESHOLDS_MM = np.linspace(0.0, 50.0, 20)         # hand3d: np.linspace(0.0, 0.050, 20) m
 CHP3D_FIRST_INDEX = 8                                     # hand3d eval_full.py: pck_curve_all[8:], threshs[8:]
+PALM_PAIR = (0, 12)                                       # wrist, middle-finger MCP (RHD order, SPEC section 1)
 
 __all__ = ["errors_2d", "errors_3d", "epe_2d", "epe_3d", "pck_curve", "auc", "auc_weights",
-           "pck_curve_colorhandpose3d", "auc_colorhandpose3d", "AUC_NAME", "CHP3D_AUC_NAME",
-           "DEFAULT_THRESHOLDS_MM", "CHP3D_THRESHOLDS_MM", "EPE2D", "EPE3D", "PCK3D"]
+           "pck_curve_colorhandpose3d", "auc_colorhandpose3d", "epe_colorhandpose3d", "palm_centred", "AUC_NAME",
+           "CHP3D_AUC_NAME", "DEFAULT_THRESHOLDS_MM", "CHP3D_THRESHOLDS_MM", "PALM_PAIR", "EPE2D", "EPE3D", "PCK3D"]
 
 
 # ---- functions ------------------------------------------------------------------------------------------------
@@ -180,13 +190,41 @@ def pck_curve_colorhandpose3d(errors, vis=None) -> tuple[torch.Tensor, torch.Ten
     return t, (per_kp * seen.unsqueeze(-1)).sum(0) / seen.sum()
 
 
-def auc_colorhandpose3d(errors, vis=None) -> torch.Tensor:
+def auc_colorhandpose3d(errors, vis=None, first_index: int = CHP3D_FIRST_INDEX) -> torch.Tensor:
     """"AUC (ColorHandPose3D protocol)": the area under pck_curve_colorhandpose3d on its points from index 8
-    on (thresholds 21.05 .. 50 mm), divided by their span (50 - 400/19 mm); 0-d tensor. See the module
-    docstring for the source."""
+    on (thresholds 21.05 .. 50 mm), divided by their span (50 - 400/19 mm); 0-d tensor. first_index=0: the
+    whole curve, 0-50 mm (the script's "Area under curve between 0mm - 50mm"). See the module docstring."""
     t, pck = pck_curve_colorhandpose3d(errors, vis)
-    t0 = float(CHP3D_THRESHOLDS_MM[CHP3D_FIRST_INDEX])
+    t0 = float(CHP3D_THRESHOLDS_MM[first_index])
     return auc(CHP3D_THRESHOLDS_MM, pck, t0, float(CHP3D_THRESHOLDS_MM[-1]))
+
+
+def epe_colorhandpose3d(errors, vis=None) -> tuple[float, float]:
+    """(mean, median) as hand3d's EvalUtil.get_measures: for each keypoint the mean (median) of its errors over
+    the samples where it is visible, then the mean of those over the keypoints ever visible. errors: (N, K)."""
+    e = np.asarray(torch.as_tensor(errors).double().cpu().numpy())
+    if e.ndim != 2:
+        raise ValueError(f"errors must be (N, K), got shape {e.shape}")
+    w = np.ones_like(e, bool) if vis is None else np.asarray(torch.as_tensor(vis).cpu().numpy()).reshape(e.shape) != 0
+    per_kp = [(e[w[:, k], k].mean(), np.median(e[w[:, k], k])) for k in range(e.shape[1]) if w[:, k].any()]
+    if not per_kp:
+        return float("nan"), float("nan")
+    means, medians = zip(*per_kp)
+    return float(np.mean(means)), float(np.mean(medians))
+
+
+def palm_centred(points, vis=None):
+    """ColorHandPose3D's keypoint set (use_wrist_coord=False): keypoint 0 (the wrist) replaced by the palm
+    centre 0.5 * (J_0 + J_12) (PALM_PAIR: wrist and middle-finger MCP), the others unchanged; visible when J_0
+    or J_12 is. points: (B, 3K) or (B, K, 3); vis: (B, K) or None. Returns (points (B, K, 3), vis or None)."""
+    p = _points(points, 3).clone()
+    a, b = PALM_PAIR
+    p[:, 0] = 0.5 * (p[:, a] + p[:, b])
+    if vis is None:
+        return p, None
+    v = torch.as_tensor(vis).reshape(p.shape[0], -1).clone()
+    v[:, 0] = ((v[:, a] != 0) | (v[:, b] != 0)).to(v.dtype)
+    return p, v
 
 
 # ---- layers ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,10 @@ Crop box (integer pixel bounds, x1..x2 inclusive, width x2 - x1 + 1):
 2D points are the projection of xyz through K (for RHD they equal uv_vis's u, v); gt_vis is uv_vis's third column.
 
 Files and formats (besides those memo.py fixes): matlab_gt_camera_k/<i>.txt is three lines of "%.6f %.6f %.6f"
-(K row-major), written for every annotated image; avg_bone.txt is 20 lines of "%12.6f" (mm, the mean over the
+(K row-major), written for every annotated image; mask_pixels/<i>.txt is "left right\n", the number of mask
+pixels with the left hand's labels (2-17) and the right hand's (18-33), written for every image whose mask was
+read, whatever its hands' usability (the rhd evaluation protocol takes the hand with more pixels, as
+ColorHandPose3D does); avg_bone.txt is 20 lines of "%12.6f" (mm, the mean over the
 usable training samples of the bone lengths of their gt_3d text values).
 
 Resuming: after an image's files are written (each atomically), a record `OUT/.convert_state/<split>/<i>.json`
@@ -202,12 +205,21 @@ def hand_sample(image, mask, xyz, uv_vis, k, image_id: int, hand: int):
 
 # ---- one image (runs in a worker) --------------------------------------------------------------------------------
 
+def mask_pixel_counts(mask: np.ndarray) -> tuple[int, int]:
+    """(left, right): the number of mask pixels with each hand's labels (release.hand_mask)."""
+    return int(release.hand_mask(mask, 0).sum()), int(release.hand_mask(mask, 1).sum())
+
+
+def format_mask_pixels(counts) -> bytes:
+    return ("%d %d\n" % tuple(counts)).encode("ascii")
+
+
 def state_path(out: str, split: str, image_id: int) -> str:
     return os.path.join(out, STATE_DIR, split, f"{image_id}.json")
 
 
 def _expected_files(out, split, image_id, usable):
-    paths = [memo.camera_k_path(out, split, image_id)]
+    paths = [memo.camera_k_path(out, split, image_id), memo.mask_pixels_path(out, split, image_id)]
     for hand in (0, 1):
         if usable[hand]:
             paths += [memo.sample_path(out, split, f, 2 * image_id + hand) for f in SAMPLE_FIELDS]
@@ -265,7 +277,10 @@ def convert_image(task):
             mask = None
             reasons, details = ["unreadable_mask"] * 2, [str(e)] * 2
     _write(memo.camera_k_path(out, split, image_id), memo.format_rows(k, K_FORMAT).encode("ascii"))
+    if mask is None and os.path.exists(memo.mask_pixels_path(out, split, image_id)):   # an earlier run's count
+        os.unlink(memo.mask_pixels_path(out, split, image_id))
     if mask is not None:
+        _write(memo.mask_pixels_path(out, split, image_id), format_mask_pixels(mask_pixel_counts(mask)))
         for hand in (0, 1):
             result = hand_sample(image, mask, xyz, uv_vis, k, image_id, hand)
             if isinstance(result, str):
@@ -288,9 +303,14 @@ def convert_image(task):
 # ---- reading a converted image back (runs in a worker) ---------------------------------------------------------
 
 def collect_image(task):
-    """Everything the packed file needs of one converted image, read back from its files on disk."""
-    out, split, image_id, usable = task
+    """Everything the packed file needs of one converted image, read back from its files on disk: (image_id, K,
+    per hand the sample's values or None, the mask pixel counts (-1, -1 when the mask was not read))."""
+    out, split, image_id, usable, mask_read = task
     k = memo.read_numbers(memo.camera_k_path(out, split, image_id), 9, f"image {image_id}").reshape(3, 3)
+    counts = (-1, -1)
+    if mask_read:
+        counts = tuple(int(v) for v in memo.read_numbers(memo.mask_pixels_path(out, split, image_id), 2,
+                                                         f"image {image_id}", integer=True))
     hands = []
     for hand in (0, 1):
         if not usable[hand]:
@@ -312,7 +332,7 @@ def collect_image(task):
             values[field] = memo.read_numbers(memo.sample_path(out, split, field, idx), rows * cols, what,
                                               field == "gt_vis").reshape(rows, cols)
         hands.append(values)
-    return image_id, k, hands
+    return image_id, k, hands, counts
 
 
 # ---- the whole conversion ------------------------------------------------------------------------------------
@@ -328,7 +348,8 @@ def _remove_temp_files(out: str, splits) -> None:
     folders are scanned (not their subfolders), so other programs' temp files elsewhere in `out` are left alone."""
     for split in splits:
         all_hand = os.path.join(out, split, "all_hand")
-        folders = [all_hand, os.path.join(out, split, "matlab_gt_camera_k"), os.path.join(out, STATE_DIR, split)]
+        folders = [all_hand, os.path.join(out, split, "matlab_gt_camera_k"), os.path.join(out, split, "mask_pixels"),
+                   os.path.join(out, STATE_DIR, split)]
         for folder in folders + [os.path.join(all_hand, field) for field in SAMPLE_FIELDS]:
             try:
                 names = os.listdir(folder)
@@ -389,7 +410,9 @@ def convert(rhd_root: str, out: str, splits=memo.SPLITS, workers: int | None = N
                 "unreadable": sorted({d for r in records for d in r["details"] if d is not None}),
             }
             _write_lists(out, split, records)
-            collected = _map(pool, collect_image, [(out, split, r["image_id"], r["usable"]) for r in records],
+            collected = _map(pool, collect_image, [(out, split, r["image_id"], r["usable"],
+                                                    not any(x in IMAGE_REASONS for x in r["reasons"]))
+                                                   for r in records],
                              progress, f"{split} (packing)", ordered=True)   # HDF5 heap order: stable bytes
             _write_packed(out, split, len(records), collected)
         if pool is not None:
@@ -433,6 +456,7 @@ def _write_packed(out, split, num_images, collected):
         "crop_gt_2d": np.zeros((n, 21, 2), np.float32), "gt_3d": np.zeros((n, 21, 3), np.float32),
         "gt_2d_in_raw": np.zeros((n, 21, 2), np.float32), "gt_vis": np.zeros((n, 21), np.uint8),
         "usable": np.zeros(n, np.uint8), "camera_k": np.zeros((num_images, 3, 3), np.float32),
+        "mask_pixels": np.full((num_images, 2), -1, np.int32),
     }
     gt_3d_text = {}      # idx -> float64 values as the text holds them, for avg_bone
     path = memo.packed_path(out, split)
@@ -442,8 +466,9 @@ def _write_packed(out, split, num_images, collected):
         with h5py.File(tmp, "w") as f:
             crops = f.create_dataset("crop_pixels", (n,), dtype=h5py.vlen_dtype(np.uint8))
             arrays["crop_shape"] = np.zeros((n, 2), np.int32)
-            for image_id, k, hands in collected:
+            for image_id, k, hands, counts in collected:
                 arrays["camera_k"][image_id] = k
+                arrays["mask_pixels"][image_id] = counts
                 for hand, v in enumerate(hands):
                     if v is None:
                         continue

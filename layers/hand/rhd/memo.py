@@ -3,6 +3,9 @@
 Text layout, under ROOT (the converter's --out):
     ROOT/{split}/all_hand/<field>/<idx>.txt|png     per sample, idx = 2 * image_id + hand (0 left, 1 right)
     ROOT/{split}/matlab_gt_camera_k/<image_id>.txt  per image, 9 numbers row-major
+    ROOT/{split}/mask_pixels/<image_id>.txt         per image whose mask was read: "left right\n", the number of
+                                                    mask pixels of each hand (labels 2-17, 18-33): which hand is
+                                                    the image's dominant one (the rhd evaluation protocol)
     ROOT/training/all_hand/all_train_index.txt, ROOT/evaluation/all_hand/all_evaluation_index.txt
     ROOT/{split}/all_hand/missing_{all,left,right}_new.txt   (count, then indices: see MISSING_LISTS)
     ROOT/training/all_hand/avg_bone.txt                       (20 numbers, bone order of skeleton.BONES)
@@ -41,12 +44,16 @@ present, zero-filled, with usable = 0:
   gt_vis       (N, 21)     uint8
   usable       (N,)        uint8
   camera_k     (num_images, 3, 3) float32, by image id
+  mask_pixels  (num_images, 2) int32, by image id: the left and right hand's mask pixel counts
+               (mask_pixels/<i>.txt); -1, -1 where the mask could not be read
   index_list   (M,)        int32: the split's all_*_index.txt
   avg_bone     (20,)       float32: the training set's avg_bone.txt
-  attrs: split, num_images, format_version = 2
+  attrs: split, num_images, format_version = 3
 Float arrays hold the values the text files hold (parsed back from their %12.6f text), so both layouts
-give identical numbers. Format 1 (still read) had crop_image (N,) vlen uint8, the PNG file bytes, instead of
-crop_pixels and crop_shape: 1.5x smaller on the synthetic set, but decoding the PNG was most of a reader's time."""
+give identical numbers. Older formats are still read: format 2 lacked mask_pixels (the readers do not need
+it; the rhd evaluation protocol says to re-run tools/prepare_rhd.py); format 1 also had crop_image (N,) vlen
+uint8, the PNG file bytes, instead of crop_pixels and crop_shape: 1.5x smaller on the synthetic set, but
+decoding the PNG was most of a reader's time."""
 
 
 MISSING_LISTS = """\
@@ -71,6 +78,11 @@ def sample_path(root: str, split: str, field: str, idx: int) -> str:
 
 def camera_k_path(root: str, split: str, image_id: int) -> str:
     return os.path.join(split_dir(root, split), "matlab_gt_camera_k", f"{image_id}.txt")
+
+
+def mask_pixels_path(root: str, split: str, image_id: int) -> str:
+    """Per image: "left right\\n", each hand's number of mask pixels (the converter's count)."""
+    return os.path.join(split_dir(root, split), "mask_pixels", f"{image_id}.txt")
 
 
 def index_list_path(root: str, split: str) -> str:

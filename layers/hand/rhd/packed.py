@@ -12,8 +12,8 @@ read per batch, one fancy-indexed HDF5 read of the sorted unique rows, then reor
 checked first: an index outside 0..N-1 or a row with usable = 0 raises NetError naming the sample and the file.
 The h5py handle is never pickled and never shared across processes: it is opened on first use in each process
 (os.getpid() is checked) and reopened when the file was replaced (inode, size or mtime changed).
-Files of format_version 1 (crops as PNG bytes in crop_image, no crop_pixels) are still read: f.version says
-which; crops() needs version 2.
+Files of older format_versions are still read: f.version says which. Version 2 lacks mask_pixels (only
+mask_pixels() needs it); version 1 also has the crops as PNG bytes in crop_image (crops() needs version 2 or later).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import numpy as np
 
 from netdef.errors import NetError
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+MASK_PIXELS_VERSION = 3     # the first format with mask_pixels
 
 
 class PackedRHD:
@@ -140,6 +141,15 @@ class PackedRHD:
         """(B, 3, 3) K of each sample's image (image id = idx // 2); the samples are checked."""
         idx = np.asarray(idx, np.int64)
         return _fancy_read(self._dataset("camera_k", self.check(idx)), idx // 2)
+
+    def mask_pixels(self) -> np.ndarray:
+        """(num_images, 2) int64: each image's left and right hand mask pixel counts (-1 where its mask could not
+        be read). NetError for a file of an older format, which lacks them: tools/prepare_rhd.py rebuilds it."""
+        f = self.file()
+        if self._version < MASK_PIXELS_VERSION:
+            raise NetError(f"'{self.path}' has format_version {self._version}, which has no mask pixel counts: "
+                           f"run tools/prepare_rhd.py again to rebuild it")
+        return self._dataset("mask_pixels", f).astype(np.int64)
 
     def avg_bone(self) -> np.ndarray:
         return self._dataset("avg_bone", self.file()).copy()

@@ -5,6 +5,8 @@
         {image_id: {'xyz': (42, 3) metres, 'uv_vis': (42, 3) u, v, visible, 'K': (3, 3)}}
 Keypoints 0-20 left hand, 21-41 right hand. Mask labels: 0 background, 1 person, 2-17 left hand,
 18-33 right hand. Depth PNG: depth_m = (R * 256 + G) / 65535 * 5.0 (R high byte, G low byte; OpenCV is BGR).
+The pickles are read with SafeUnpickler: only the numpy globals an array needs are resolved, so a crafted file
+(a __reduce__ calling os.system, say) is refused with one line and runs nothing.
 """
 
 from __future__ import annotations
@@ -60,12 +62,55 @@ def write_annotations(path: str, annotations: dict) -> None:
     atomic_write_bytes(path, pickle.dumps(annotations, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+# The globals a pickle of {int: {str: numpy array}} asks for, and nothing else: Python 3 pickles (any protocol),
+# numpy 1 or 2 module names, and Python 2 pickles (read with encoding latin1, as numpy documents for them).
+SAFE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),   # protocols 0-4
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),               # numpy scalars
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),           # protocol 5
+    ("_codecs", "encode"),                       # bytes in a protocol 2 pickle written by Python 3
+})
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside SAFE_GLOBALS (nothing was called)."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.module, self.name = module, name
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only SAFE_GLOBALS: numpy arrays, dtypes and scalars. Any other global
+    (os.system, builtins.eval, a class with a __reduce__) raises RefusedGlobal before anything is called, so a
+    crafted file runs nothing. numpy.core.* names (numpy 1 pickles) resolve to numpy._core.* under numpy 2."""
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_GLOBALS:
+            raise RefusedGlobal(module, name)
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core."):]     # no numpy.core deprecation warning
+        return super().find_class(module, name)
+
+
+def safe_load(f) -> object:
+    """Unpickle an open binary file with SafeUnpickler (encoding latin1: Python 2 pickles of numpy arrays)."""
+    return SafeUnpickler(f, encoding="latin1").load()
+
+
 def read_annotations(path: str) -> dict:
+    """The annotation pickle, read with SafeUnpickler: NetError naming the path when it is missing, corrupt,
+    asks for a global that an RHD annotation file never needs (nothing of it runs), or is malformed."""
     try:
         with open(path, "rb") as f:
-            anno = pickle.load(f)
+            anno = safe_load(f)
     except FileNotFoundError:
         raise NetError(f"missing annotation file '{path}'") from None
+    except RefusedGlobal as e:
+        raise NetError(f"refused annotation file '{path}': it asks for the global '{e.module}.{e.name}', which an "
+                       f"RHD annotation file never needs (only numpy arrays, dtypes and scalars are allowed); "
+                       f"nothing of it was run") from None
     except Exception as e:   # unpickling garbage can raise nearly anything
         raise NetError(f"corrupt annotation file '{path}': {type(e).__name__}: {e}") from None
     if not isinstance(anno, dict):
