@@ -15,6 +15,20 @@ writes, for each net N of NETS, OUT/rhd_N_train.prototxt, OUT/rhd_N_test.prototx
 Train nets: memo steps 1-15 and the losses; test nets also steps 16-19 and the metrics (EPE2D in pixels,
 EPE3D root-relative and absolute in mm, over the visible keypoints). Paths in the files are relative to the
 folder the commands run in (the repository root); snapshots go to runs/ (create it: mkdir -p runs).
+
+Each family also gets OUT/rhd_N_deploy.prototxt (tools/predict.py runs it on a user's images): no data
+layers and no ground truth, the test net's network and steps 16-19 fed by Input layers (DEPLOY_INPUTS):
+  image     (N, 3, S, S)  the crop resized to S x S (S: the train net's image size), B, G, R planes, raw 0..255
+                          pixels as ReadImage gives them; the net scales them by 1/255 itself (MulRGB)
+  bbox      (N, 4)        the crop's box x1, y1, x2, y2 in the full image (integer bounds, inclusive)
+  K         (N, 9)        the camera matrix, row-major (as matlab_gt_camera_k/<i>.txt): fx 0 u0 0 fy v0 0 0 1;
+                          the net reads fx, fy, u0, v0 (entries 0, 4, 2, 5) and ignores the rest
+  avg_bone  (N, 20)       mean bone lengths in mm, skeleton.BONES order (tools/predict.py feeds the training
+                          set's avg_bone.txt unless told otherwise)
+and outputs (DEPLOY_OUTPUTS): joints_2d (N, 21, 2) full-image pixels, joints_3d (N, 21, 3) camera frame mm,
+joints_3d_rel (N, 21, 3) mm relative to the wrist (keypoint 0), root_status (N, 1) RootDepth's per-sample case
+(layers.hand.reconstruct.ROOT_STATUS_NAMES: 0 ok, 1 ambiguous, 2-5 clamped). The Input shapes say N = 1; any
+batch size runs. A train snapshot of the family loads into it as is (the same layer names).
 """
 
 from __future__ import annotations
@@ -252,6 +266,55 @@ def reconstruction_and_metrics(n: NetSpec) -> None:
     n.epe_3d_abs_mm = L.EPE3D(n.pred_3d, n.joint_3d, n.vis, root_relative=False)
 
 
+DEPLOY_INPUTS = ("image", "bbox", "K", "avg_bone")
+DEPLOY_OUTPUTS = ("joints_2d", "joints_3d", "joints_3d_rel", "root_status")
+
+
+def deploy_inputs(n: NetSpec, cfg: Config) -> None:
+    """The deploy net's Input layers (module doc), the pixel scaling, and K's entries as intrinsics (B, 4)."""
+    n.image = L.Input(shape=dict(dim=[1, 3, cfg.image_size, cfg.image_size]))
+    n.bbox = L.Input(shape=dict(dim=[1, 4]))
+    n.K = L.Input(shape=dict(dim=[1, 9]))
+    n.avg_bone = L.Input(shape=dict(dim=[1, 20]))
+    n.image_01 = L.MulRGB(n.image, mul_factor=1.0 / 255)
+    # row-major K: entry 0 fx, 1 skew, 2 u0, 3, 4 fy, 5 v0, 6-8 the last row
+    n.k_fx, n.k_skew, n.k_u0, n.k_3, n.k_fy, n.k_v0, n.k_row3 = L.Slice(n.K, axis=1, slice_point=[1, 2, 3, 4, 5, 6],
+                                                                       ntop=7)
+    n.silence_k = L.Silence(n.k_skew, n.k_3, n.k_row3, ntop=0)
+    n.intrinsics = L.Concat(n.k_fx, n.k_fy, n.k_u0, n.k_v0, axis=1)
+
+
+def deploy_outputs(n: NetSpec) -> None:
+    """Memo steps 16-19 without ground truth, and the outputs of the module doc."""
+    n.pred_2d_px = L.CropToImage(n.pred_2d, n.bbox)                                            # step 16
+    n.zroot, n.root_clamped, n.ambiguous, n.root_status = L.RootDepth(n.pred_2d_px, n.pred_zr, n.intrinsics, n=8,
+                                                                      m=0, c=1, ntop=4)        # step 17
+    n.silence_root = L.Silence(n.root_clamped, n.ambiguous, ntop=0)     # both are in status (codes 1, 2-5)
+    n.pred_3d_norm = L.Reconstruct3D(n.pred_2d_px, n.pred_zr, n.zroot, n.intrinsics)
+    n.pred_scale = L.ScaleRecovery(n.pred_3d_norm, n.avg_bone)                                 # step 18
+    n.pred_3d = L.Reconstruct3D(n.pred_2d_px, n.pred_zr, n.zroot, n.intrinsics, n.pred_scale)  # step 19
+    n.joints_2d = L.Reshape(n.pred_2d_px, shape=dict(dim=[0, NUM_JOINTS, 2]))
+    n.joints_3d = L.Reshape(n.pred_3d, shape=dict(dim=[0, NUM_JOINTS, 3]))
+    n.joints_3d_in = L.Reshape(n.pred_3d, shape=dict(dim=[0, NUM_JOINTS, 3]))    # joints_3d stays an output
+    n.root_3d, n.fingers_3d = L.Slice(n.joints_3d_in, axis=1, slice_point=[1], ntop=2)
+    n.silence_fingers = L.Silence(n.fingers_3d, ntop=0)
+    n.root_3d_tiled = L.Tile(n.root_3d, axis=1, tiles=NUM_JOINTS)
+    n.joints_3d_rel = L.Eltwise(n.joints_3d_in, n.root_3d_tiled, operation=P.Eltwise.SUM, coeff=[1, -1])
+
+
+def make_deploy_net(cfg: Config) -> NetSpec:
+    """The family's deploy net (module doc): Input layers, the test net's network and read-out, steps 16-19."""
+    n = NetSpec(name=f"RHD_{cfg.name}_deploy")
+    deploy_inputs(n, cfg)
+    encoder_decoder(n, cfg, n.image_01)
+    if cfg.explicit:
+        heatmap_readout(n)
+    else:
+        latent_readout(n)
+    deploy_outputs(n)
+    return n
+
+
 def make_net(cfg: Config, phase: str, root: str = DEFAULT_ROOT) -> NetSpec:
     n = NetSpec(name=f"RHD_{cfg.name}")
     data_layers(n, cfg, phase, root)
@@ -296,6 +359,16 @@ def _header(cfg: Config, argv: list[str], what: str) -> str:
                       "(from the repository root, after mkdir -p runs; data from tools/prepare_rhd.py)"])
 
 
+def _deploy_header(cfg: Config, argv: list[str]) -> str:
+    s = cfg.image_size
+    return "\n".join([generated_by(argv), f"{cfg.title}: deploy net (no data layers, no ground truth).",
+                      f"Inputs: image (N,3,{s},{s}) B,G,R 0..255, the crop resized; bbox (N,4) x1,y1,x2,y2 of the crop",
+                      "in the full image; K (N,9) row-major camera matrix; avg_bone (N,20) mm (the training set's).",
+                      "Outputs: joints_2d (N,21,2) px, joints_3d (N,21,3) mm, joints_3d_rel (N,21,3) mm,",
+                      "root_status (N,1) (RootDepth's case: 0 ok, 1 ambiguous, 2-5 clamped).",
+                      f"Run: python tools/predict.py IMAGES --weights runs/rhd_{cfg.name}_iter_N.caffemodel.h5"])
+
+
 def write_all(out_dir: str = DEFAULT_OUT, root: str = DEFAULT_ROOT, argv: list[str] | None = None,
               nets=NETS) -> list[str]:
     """Write every net's three files into out_dir; returns the paths. argv: the command for the header."""
@@ -306,6 +379,7 @@ def write_all(out_dir: str = DEFAULT_OUT, root: str = DEFAULT_ROOT, argv: list[s
         files = {f"rhd_{cfg.name}_{phase.lower()}.prototxt":
                  make_net(cfg, phase, root).to_prototxt(header=_header(cfg, argv, f"{phase.lower()} net"))
                  for phase in ("TRAIN", "TEST")}
+        files[f"rhd_{cfg.name}_deploy.prototxt"] = make_deploy_net(cfg).to_prototxt(header=_deploy_header(cfg, argv))
         files[f"rhd_{cfg.name}_solver.prototxt"] = solver_text(cfg, DEFAULT_OUT, _header(cfg, argv, "solver"))
         for name, text in files.items():
             path = os.path.join(out_dir, name)

@@ -151,9 +151,22 @@ def crop_box(hand_pixels: np.ndarray, uv: np.ndarray):
     longer = max(bx2 - bx1 + 1, by2 - by1 + 1)
     if longer < MIN_BOX_SIDE or n < MIN_MASK_PIXELS:
         return "too_small"
+    return square_crop_box((bx1, by1, bx2, by2), (int(xs[inside].sum()), int(ys[inside].sum()), n))
+
+
+def square_crop_box(box, centre_sums=None) -> tuple[int, int, int, int]:
+    """Step 3 of the crop rule (module doc): the square crop box (x1, y1, x2, y2) grown from a hand's box.
+
+    box: integer bounds (x1, y1, x2, y2), inclusive. The side is S = ceil(1.25 * the box's longer side); the
+    square is centred on (sum_x / n, sum_y / n) for centre_sums = (sum_x, sum_y, n) (the converter passes its
+    mask pixels' sums: their centroid), else on the box's centre ((x1 + x2) / 2, (y1 + y2) / 2):
+    x1 = floor(cx - (S - 1) / 2 + 1/2), x2 = x1 + S - 1, likewise y, in exact integer arithmetic.
+    tools/predict.py grows a user's hand box with it."""
+    bx1, by1, bx2, by2 = (int(v) for v in box)
+    sx, sy, n = centre_sums if centre_sums is not None else (bx1 + bx2, by1 + by2, 2)
+    longer = max(bx2 - bx1 + 1, by2 - by1 + 1)
     side = -(-SQUARE_GROW_NUM * longer // SQUARE_GROW_DEN)
     # floor(sum/n - (side-1)/2 + 1/2) without float rounding
-    sx, sy = int(xs[inside].sum()), int(ys[inside].sum())
     x1 = (2 * sx - (side - 2) * n) // (2 * n)
     y1 = (2 * sy - (side - 2) * n) // (2 * n)
     return x1, y1, x1 + side - 1, y1 + side - 1
