@@ -7,8 +7,11 @@ mean-pose baseline. Nothing is downloaded.
 
 Leaves in OUT: train.log (Caffe's log lines), the snapshot (rhd_synth_small_iter_N.caffemodel.h5 and
 .solverstate.h5), metrics.md / metrics.json (the trained net beside the baseline), pck.png, and skeleton
-overlays and heatmap montages for a few evaluation samples. The data goes to DATA/synth (the release) and
-DATA/rhd (the memo layout); both are reused when they already hold a set made with the same arguments.
+overlays and heatmap montages for a few evaluation samples; samples/ (the first SAMPLE_IMAGES evaluation images
+as plain PNGs with a boxes.json of their hands' crop boxes, sides and cameras) and avg_bone.txt (the training
+set's, beside the weights) for `python tools/predict.py OUT/samples --weights OUT/<snapshot>`. The data goes to
+DATA/synth (the release) and DATA/rhd (the memo layout); both are reused when they already hold a set made with
+the same arguments.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOLVER = os.path.join(REPO, "prototxt", "rhd_synth_small_solver.prototxt")
 TEST_NET = os.path.join(REPO, "prototxt", "rhd_synth_small_test.prototxt")
+SAMPLE_IMAGES = 4
 
 
 class _Tee:
@@ -151,10 +155,39 @@ def run(args) -> int:
             f"root-relative 3D EPE {ratio:.2f} x the baseline's.\n")
     from layers.hand.rhd.memo import atomic_write_bytes
     atomic_write_bytes(paths["table"], (table + note).encode())
+    write_samples(rhd, os.path.join(os.path.abspath(args.data), "synth", "RHD_published_v2"), out)
     print(table + note)
     print(f"outputs in {out}: train.log, {os.path.basename(weights_path)}, metrics.md, pck.png, "
-          f"skeleton_*.png, heatmaps_*.png")
+          f"skeleton_*.png, heatmaps_*.png, samples/, avg_bone.txt")
+    print(f"predict: python tools/predict.py {os.path.join(args.out, 'samples')} --weights "
+          f"{os.path.join(args.out, os.path.basename(weights_path))}")
     return 0
+
+
+def write_samples(rhd: str, release_root: str, out: str, count: int = SAMPLE_IMAGES) -> None:
+    """OUT/samples: the first `count` evaluation images with a usable hand, as the release holds them, and
+    boxes.json with each usable hand's crop box (the converter's bbx_*), side and camera K (tools/predict.py's
+    format); OUT/avg_bone.txt: the training set's mean bones, beside the weights, where predict looks."""
+    import shutil
+
+    from layers.hand.rhd import memo, release
+    folder = os.path.join(out, "samples")
+    os.makedirs(folder, exist_ok=True)
+    shutil.copyfile(memo.avg_bone_path(rhd), os.path.join(out, "avg_bone.txt"))
+    usable = {int(i) for i in memo.read_index_list(memo.index_list_path(rhd, "evaluation"))}
+    boxes = {}
+    for image_id in sorted({i // 2 for i in usable})[:count]:
+        name = f"{image_id:05d}.png"
+        shutil.copyfile(release.image_path(release_root, "evaluation", "color", image_id), os.path.join(folder, name))
+        hands = []
+        for idx in (2 * image_id, 2 * image_id + 1):
+            if idx in usable:
+                box = [int(memo.read_numbers(memo.sample_path(rhd, "evaluation", f, idx), 1, f"sample {idx}",
+                                             True)[0]) for f in memo.BBOX_FIELDS]
+                hands.append({"crop_box": box, "hand": "left" if idx % 2 == 0 else "right", "sample": int(idx)})
+        k = memo.read_numbers(memo.camera_k_path(rhd, "evaluation", image_id), 9, f"image {image_id}")
+        boxes[name] = {"K": k.reshape(3, 3).tolist(), "hands": hands}
+    memo.atomic_write_bytes(os.path.join(folder, "boxes.json"), json.dumps(boxes, indent=1).encode())
 
 
 def baseline_row(collected, train_gt_3d):
