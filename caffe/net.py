@@ -269,6 +269,21 @@ class Net:
         self._backward(start_ind, end_ind)
         return {out: self.blobs[out].diff for out in outputs}
 
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's: feed the net's first layer, a MemoryData layer, from arrays: data (N, C, H, W) float32,
+        labels (N,) or (N, 1, 1, 1), N a multiple of its batch_size (layers/caffe/memory_data.py). Batches read
+        ahead from earlier arrays are dropped."""
+        core = self._net
+        first = core.plan[0] if core.plan else None
+        if first is None or first.definition.type != "MemoryData":
+            raise NetError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
+        if core.source is not None:
+            core.source.close()
+        core.layers[first.key].reset(data, labels)
+
     def forward_all(self, blobs=None, **kwargs):
         """Run the net over inputs of any length in batches of the net's batch size; {blob: stacked ndarray}."""
         all_outs = {out: [] for out in set(self.outputs + (blobs or []))}

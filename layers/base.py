@@ -186,12 +186,29 @@ class SourceLayer(Layer):
                         processes (in the main process when it has no bottoms).
     forward_compact(*bottoms): the tops in their stored type on the CPU (uint8 pixels), shipped from the workers
     and cast by the Net to its dtype; it must equal forward() up to that cast. Default: forward().
+
+    Two halves in one layer (Caffe's data layers: Data, ImageData, HDF5Data): a layer that defines both
+      draw_batch(*bottoms) -> ticket  the stateful half, in the main process: moves the cursor, reshuffles,
+                                      draws the random transform decisions, and returns a small picklable
+                                      ticket (record keys, file paths, raw random numbers) that decides the
+                                      batch completely;
+      read_batch(ticket) -> tops      the pure half, in the worker processes: reads, decodes and transforms
+                                      what the ticket names; tops on the CPU in their stored type (cast by the
+                                      Net);
+    is stateful (get_state/set_state as above: the state after the draws handed out), declares its top shapes
+    (infer_top_shapes: nothing may be drawn to infer them), and has forward() = read_batch(draw_batch()) in the
+    default float dtype on the layer's device (nets run inline, pycaffe's layer-by-layer forward).
     """
 
     stateful: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        split = cls.draw_batch is not SourceLayer.draw_batch
+        if split != (cls.read_batch is not SourceLayer.read_batch):
+            raise TypeError(f"{cls.__qualname__}: a two-half source layer defines both draw_batch and read_batch")
+        if split and (not cls.stateful or cls.infer_top_shapes is Layer.infer_top_shapes):
+            raise TypeError(f"{cls.__qualname__}: a two-half source layer is stateful and defines infer_top_shapes")
         if cls.stateful and (cls.get_state is SourceLayer.get_state or cls.set_state is SourceLayer.set_state):
             raise TypeError(f"{cls.__qualname__}: a stateful source layer must define get_state and set_state")
 
@@ -203,12 +220,34 @@ class SourceLayer(Layer):
         """Restore what get_state() gave."""
 
     def forward_compact(self, *bottoms):
+        if self.is_split():
+            return self.read_batch(self.draw_batch(*bottoms))
         return self.forward(*bottoms)
+
+    def forward(self, *bottoms):
+        if not self.is_split():
+            raise NotImplementedError(f"{type(self).__qualname__} defines no forward")
+        dtype = torch.get_default_dtype()
+        tops = tuple(t.to(self.device, dtype) for t in as_tuple(self.read_batch(self.draw_batch(*bottoms))))
+        return tops if len(tops) > 1 else tops[0]
+
+    def draw_batch(self, *bottoms):
+        """Two-half layers: the next batch's ticket (main process; moves the state)."""
+        raise NotImplementedError
+
+    def read_batch(self, ticket):
+        """Two-half layers: the tops for a ticket (worker processes; a pure function of the ticket)."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_split(cls) -> bool:
+        """Whether the layer has two halves (draw in the main process, read in the workers)."""
+        return cls.draw_batch is not SourceLayer.draw_batch
 
     @classmethod
     def has_compact_form(cls) -> bool:
         """Whether forward_compact differs from forward (the stage ships compact tops from its workers)."""
-        return cls.forward_compact is not SourceLayer.forward_compact
+        return cls.forward_compact is not SourceLayer.forward_compact or cls.is_split()
 
 
 def memory_available() -> int:

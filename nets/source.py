@@ -6,6 +6,12 @@ in the main process, one batch at a time, in order. Reader layers (stateless, fe
 functions of the indices, so they run in DataLoader worker processes that decode `prefetch` batches per
 worker ahead of the network. With workers = 0 everything runs inline.
 
+Two-half layers (Caffe's data layers: layers.base.SourceLayer.draw_batch/read_batch): the layer's step is in both lists. Its
+draw half runs with the index layers (its state is theirs: cursor, shuffle order, random transform decisions) and
+leaves a ticket among the drawn blobs (under a key that is no blob name); its read half runs with the readers,
+from the ticket, in the workers. A stage with no reader step at all (MemoryData alone) runs inline whatever
+`workers` says: there is nothing to read ahead.
+
 Compact transfer: a reader with its own `forward_compact` (layers/hand/readers.py) is run through it when no
 other reader takes its tops, so batches carry its tops in their stored type (uint8 pixels: a quarter of float32's
 bytes through the worker pipes); the Net casts every source blob to its dtype on its device, giving forward()'s
@@ -59,14 +65,34 @@ def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-def _run_steps(steps, modules, blobs: dict, compact=frozenset()) -> dict:
-    """Run the steps in order; steps whose key is in `compact` through their layer's forward_compact."""
+def _ticket(step) -> tuple:
+    """Where a two-half layer's ticket travels among the drawn blobs: a key no blob name (a str) can be."""
+    return ("ticket", step.key)
+
+
+def _run_steps(steps, modules, blobs: dict, compact=frozenset(), half: str = "read") -> dict:
+    """Run the steps in order; steps whose key is in `compact` through their layer's forward_compact. Two-half
+    layers run their `half`: "draw" (index side: leaves the ticket) or "read" (reader side: from the ticket;
+    cast to the default dtype unless compact)."""
     for step in steps:
         layer = modules[step.key]
-        run = layer.forward_compact if step.key in compact else layer
-        tops = as_tuple(run(*[blobs[b] for b in step.bottoms]))
+        if layer.is_split():
+            if half == "draw":
+                blobs[_ticket(step)] = layer.draw_batch(*[blobs[b] for b in step.bottoms])
+                continue
+            tops = as_tuple(layer.read_batch(blobs[_ticket(step)]))
+            if step.key not in compact:
+                tops = tuple(t.to(torch.get_default_dtype()) for t in tops)
+        else:
+            run = layer.forward_compact if step.key in compact else layer
+            tops = as_tuple(run(*[blobs[b] for b in step.bottoms]))
         blobs.update(zip(step.tops, tops))
     return blobs
+
+
+def _blobs_only(blobs: dict) -> dict:
+    """The drawn or read blobs without the tickets."""
+    return {k: v for k, v in blobs.items() if isinstance(k, str)}
 
 
 def _worker_init(worker_id: int, parent_pid: int | None = None, kernel_signal: bool = True) -> None:
@@ -186,17 +212,20 @@ class SourceStage:
         # Stateful layers and layers without bottoms run in the main process: their order and state must be
         # exact. A stateful layer fed by index layers (CrossValidationRandomChooseIndex) is fine; one fed by a
         # reader would have to run in a worker, where its state would fork.
+        # A two-half layer is both: its draw half an index step, its read half a reader step.
         produced_by_index: set[str] = set()
         self.index_steps, self.reader_steps = [], []
         for step in steps:
+            split = layers[step.key].is_split()
             if layers[step.key].stateful or not step.bottoms:
                 late = [b for b in step.bottoms if b not in produced_by_index]
                 if late:
                     raise NetError(f"{step.definition.where}: a stateful data layer must be fed by index layers only, "
                                    f"but bottom '{late[0]}' is read in a worker process")
                 self.index_steps.append(step)
-                produced_by_index.update(step.tops)
-            else:
+                if not split:
+                    produced_by_index.update(step.tops)
+            if split or not (layers[step.key].stateful or not step.bottoms):
                 self.reader_steps.append(step)
         self.index_blobs = sorted(produced_by_index)
         read_by_readers = {b for s in self.reader_steps for b in s.bottoms}
@@ -215,7 +244,7 @@ class SourceStage:
 
     @property
     def tops(self) -> list[str]:
-        return [t for s in self.index_steps + self.reader_steps for t in s.tops]
+        return list(dict.fromkeys(t for s in self.index_steps + self.reader_steps for t in s.tops))
 
     # -- index layers (main process) --------------------------------------------------------------------------
     def _index_layers(self):
@@ -231,11 +260,11 @@ class SourceStage:
     def _draw(self) -> dict:
         with torch.no_grad():
             for i in range(self.world):
-                drawn = _run_steps(self.index_steps, self.layers, {})
+                drawn = _run_steps(self.index_steps, self.layers, {}, half="draw")
                 if i == self.rank:
                     blobs = drawn
         self._pending_states.append(self._capture())
-        return {k: v.cpu() for k, v in blobs.items()}
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in blobs.items()}
 
     def _capture(self) -> list:
         return [layer.get_state() for layer in self._index_layers()]
@@ -256,7 +285,7 @@ class SourceStage:
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next batch of every source blob, as CPU tensors; compact readers' tops in their stored type (see the
         module doc), which the Net casts."""
-        if self.workers == 0:
+        if self.workers == 0 or not self.reader_steps:
             try:
                 drawn = self._draw()
             except NetError:
@@ -264,7 +293,7 @@ class SourceStage:
                 raise
             # consumed before it is read: a failed batch counts as consumed (as with workers)
             self._consumed_state = self._pending_states.popleft()
-            return _run_steps(self.reader_steps, self.layers, drawn, self.compact)
+            return _blobs_only(_run_steps(self.reader_steps, self.layers, drawn, self.compact))
         if self._iter is None:
             self._start()
         tops = next(self._iter)
@@ -273,7 +302,7 @@ class SourceStage:
         if isinstance(tops, _Failed):
             raise tops.error
         batch.update(tops.tensors() if isinstance(tops, _Wire) else tops)   # pinned: already tensors
-        return batch
+        return _blobs_only(batch)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the running worker processes (none before the first batch or after close())."""
