@@ -30,6 +30,7 @@ values, so layers of that kind are refused before tracing, one line each:
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -183,12 +184,15 @@ def _avg_pool2d(g, x, kernel, stride, padding, ceil_mode, count_include_pad, div
     kernel, stride, padding = (list(v) * (2 // len(v)) if len(v) == 1 else list(v) for v in (kernel, stride, padding))
     if divisor is not None and ceil:
         raise NetError("avg_pool2d with both divisor_override and ceil_mode has no ONNX form")
+    attrs = {"ceil_mode_i": 1} if ceil else {}      # the attribute exists from opset 10
     y = g.op("AveragePool", x, kernel_shape_i=kernel, strides_i=stride, pads_i=padding + padding,
-             ceil_mode_i=int(ceil), count_include_pad_i=int(include or divisor is not None))
+             count_include_pad_i=int(include or divisor is not None), **attrs)
     if divisor is None:
         return y
-    scale = g.op("Constant", value_t=torch.tensor(kernel[0] * kernel[1] / divisor, dtype=torch.float32))
-    return g.op("Mul", y, g.op("CastLike", scale, y))
+    dtype = {"Double": torch.float64, "Half": torch.float16, "BFloat16": torch.bfloat16}.get(
+        x.type().scalarType(), torch.float32)
+    scale = g.op("Constant", value_t=torch.tensor(kernel[0] * kernel[1] / divisor, dtype=dtype))
+    return g.op("Mul", y, scale)
 
 
 _SYMBOLICS = {"aten::floor_divide": _floor_divide, "aten::avg_pool2d": _avg_pool2d}
@@ -257,8 +261,10 @@ def export_onnx(net, path, opset: int = DEFAULT_OPSET, trace_batch: int = 2) -> 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:   # noqa: BLE001 - onnx's own errors
+        os.remove(path)      # no invalid file left behind
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise NetError(f"{path}: the exported graph fails onnx.checker: {detail}") from e
+        raise NetError(f"{path}: the exported graph fails onnx.checker at opset {opset}: {detail} (a newer opset "
+                       f"may have the operator)") from e
     return ExportReport(path, part, dynamic, opset)
 
 

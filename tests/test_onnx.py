@@ -121,6 +121,26 @@ def test_lenet_train_test_with_label_input_and_loss_outputs(tmp_path):
         assert pairs["loss"][0].item() > 0
 
 
+POOL_NET = """
+input: "data" input_shape { dim: 2 dim: 2 dim: 7 dim: 8 }
+layer { name: "ave" type: "Pooling" bottom: "data" top: "ave" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "max" type: "Pooling" bottom: "data" top: "max" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def test_caffe_pooling_sizes_and_window_sums(tmp_path):
+    """Caffe's ceil-mode sizes (7 -> 4, 8 -> 5 with pad 1; 7 -> 4 without) and AVE's per-window divisors: torch's
+    TorchScript symbolics truncate floor_divide and drop avg_pool2d's divisor_override; ours are registered."""
+    net = Net(POOL_NET, phase="TEST", device="cpu")
+    path = tmp_path / "pool.onnx"
+    export_onnx(net, path)
+    sess = session(path)
+    for batch in (1, 3):
+        pairs = run_both(net, sess, {"data": torch.randn(batch, 2, 7, 8)})
+        assert pairs["ave"][1].shape == (batch, 2, 4, 5) and pairs["max"][1].shape == (batch, 2, 4, 4)
+        assert max_diff(pairs) < TOL
+
+
 # ---- the RHD test net: its network part, source tops as inputs -------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -164,6 +184,37 @@ def test_rhd_test_net_network_part(tmp_path, rhd_test_net):
     first3 = [[t[:3] for t in real.values()]]
     for c in compare_onnx(path, part, inputs=first3):
         assert c.batch == 3 and c.max_abs_diff < TOL * max(1.0, c.max_abs_value), c
+
+
+DEPLOY = os.path.join(ROOT, "prototxt", "rhd_synth_small_deploy.prototxt")
+
+
+@pytest.mark.skipif(not os.path.exists(DEPLOY), reason="no RHD deploy net in prototxt/")
+def test_rhd_deploy_net_on_real_samples(tmp_path, rhd_test_net):
+    """The deploy net (Input blobs only) on real samples: the test net's source blobs, K rebuilt from (fx, fy,
+    u0, v0); outputs in pixels and mm agree to 1e-4 of their scale at the net's batch 1 and at 5."""
+    net = Net(DEPLOY, phase="TEST", device="cpu")
+    randomize(net)
+    path = tmp_path / "deploy.onnx"
+    report = export_onnx(net, path)
+    assert all(report.input_kinds[b] == "Input" for b in report.inputs)
+    assert set(report.dynamic) == set(report.inputs) | set(report.outputs)
+    with torch.no_grad():
+        rhd_test_net.forward()
+    b = rhd_test_net.blobs
+    fx, fy, u0, v0 = b["intrinsics"].unbind(1)
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    real = {"image": b["image"], "bbox": b["bbox"], "avg_bone": b["avg_bone"],
+            "K": torch.stack([fx, zero, u0, zero, fy, v0, zero, zero, one], 1)}
+    assert set(real) == set(report.inputs)
+    sess = session(path)
+    for batch in (1, 5):
+        pairs = run_both(net, sess, {k: v[:batch].clone() for k, v in real.items()})
+        for name, (ours, theirs) in pairs.items():
+            assert theirs.shape == ours.shape and ours.shape[0] == batch
+            scale = max(1.0, float(np.abs(ours).max()))
+            assert float(np.abs(ours - theirs).max()) <= TOL * scale, (name, batch)
+        assert np.abs(pairs["joints_3d"][0]).max() > 10.0      # millimetres of real hands, not a degenerate case
 
 
 # ---- the fork layers ------------------------------------------------------------------------------------------------
@@ -235,6 +286,19 @@ def test_unexportable_layers_are_named_in_one_line(tmp_path):
                                        r"Python/NumPy code"):
         export_onnx(Net(PYTHON_NET, phase="TEST", device="cpu"), tmp_path / "p.onnx")
     assert not (tmp_path / "f.onnx").exists() and not (tmp_path / "p.onnx").exists()
+
+
+def test_detection_output_is_refused_and_the_head_without_it_exports(tmp_path):
+    from test_layers_ssd import SSD_HEAD
+    with pytest.raises(NetError, match=r"^cannot export layer 'detection_out' \(DetectionOutput\): the number of "
+                                       r"detections depends on the scores"):
+        export_onnx(Net(SSD_HEAD, phase="TEST", device="cpu"), tmp_path / "ssd.onnx")
+    # the same head up to its detection layer (TRAIN leaves it out): loc, conf and priors as outputs
+    net = Net(SSD_HEAD, phase="TRAIN", device="cpu")
+    report = export_onnx(net, tmp_path / "head.onnx")
+    assert report.outputs == ["mbox_conf_flatten", "mbox_loc", "mbox_priorbox"]
+    pairs = run_both(net, session(tmp_path / "head.onnx"), {"data": torch.rand(3, 3, 16, 16)})
+    assert max_diff(pairs) < TOL
 
 
 def run_tool(*args, cwd=None):
