@@ -287,6 +287,19 @@ def test_data_with_transform_matches_caffes_loop_and_one_top(db, tmp_path):
             assert np.array_equal(data[i].numpy(), expected)
 
 
+def test_data_test_phase_centre_crop_and_deprecated_data_param_fields(db):
+    source, imgs = db
+    # scale/crop_size/mirror in data_param count when transform_param does not set them (Caffe's upgrade)
+    net = data_net(source, batch=2, extra="crop_size: 3 scale: 0.5 mirror: false", transform="scale: 2",
+                   phase="TEST")
+    data = net.forward()["data"]
+    assert data.shape == (2, 3, 3, 3)
+    for i in range(2):           # TEST: the centre crop, (6 - 3) / 2 = 1 and (7 - 3) / 2 = 2; no random numbers
+        expected = caffe_transform_datum(imgs[i], [], "TEST", crop_size=3, scale=2.0)
+        assert np.array_equal(data[i].numpy(), expected)
+        assert np.array_equal(expected, imgs[i, :, 1:4, 2:5] * 2.0)
+
+
 def test_data_float_and_encoded_records(tmp_path):
     rng = np.random.default_rng(7)
     floats = rng.normal(size=(2, 4, 5)).astype(np.float32)
@@ -739,18 +752,22 @@ def run_net(tmp_path, text):
                           timeout=120)
 
 
-def test_run_net_reports_bad_data_in_one_line_exit_2(tmp_path, image_list):
+def test_run_net_reports_a_worker_s_bad_image_in_one_line_exit_2(tmp_path, image_list):
     listfile, root, _ = image_list
-    proc = run_net(tmp_path, 'layer { name: "d" type: "Data" top: "x" data_param { source: "nodb" batch_size: 1 '
-                             'backend: LMDB } }')
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "layer 'd' (Data): data_param source 'nodb': no such LMDB" in proc.stderr
     os.remove(root + "img4.png")          # the third batch of 2 (in a worker process)
     proc = run_net(tmp_path, f'layer {{ name: "img" type: "ImageData" top: "x" top: "l" image_data_param {{ '
                              f'source: "{listfile}" root_folder: "{root}" batch_size: 2 }} }}')
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.endswith(f"(ImageData): cannot read image '{root}img4.png' ({listfile}:6): "
                                 f"No such file or directory\n")
+
+
+@pytest.mark.slow
+def test_run_net_reports_a_missing_lmdb_in_one_line_exit_2(tmp_path):
+    proc = run_net(tmp_path, 'layer { name: "d" type: "Data" top: "x" data_param { source: "nodb" batch_size: 1 '
+                             'backend: LMDB } }')
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "layer 'd' (Data): data_param source 'nodb': no such LMDB" in proc.stderr
 
 
 NETS = {

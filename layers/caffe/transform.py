@@ -72,12 +72,14 @@ _PROCESS_CACHE: dict = {}
 
 
 def per_process(key, opener):
-    """A resource (an LMDB environment, an HDF5 file's arrays) opened once per process: opener() runs on the
-    first use in each process, never inherited through a fork (the key includes the process id)."""
+    """A resource (an LMDB environment) opened once per process: opener() runs on the first use in each
+    process, so nothing opened in the main process is used in a worker forked from it (the key includes the
+    process id). The parent's objects are dropped in the child: py-lmdb refuses a second environment on one
+    database in a process, and closing a lock-free read-only environment only unmaps the child's own copy."""
     full = (os.getpid(), key)
     if full not in _PROCESS_CACHE:
         for old in [k for k in _PROCESS_CACHE if k[0] != full[0]]:
-            del _PROCESS_CACHE[old]      # inherited from the parent: never used here
+            del _PROCESS_CACHE[old]
         _PROCESS_CACHE[full] = opener()
     return _PROCESS_CACHE[full]
 
