@@ -11,6 +11,7 @@ setup(
         "numpy",
         "opencv-python-headless",
         "h5py",
+        "lmdb",
         "tqdm",
         "matplotlib",
     ],
