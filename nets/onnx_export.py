@@ -221,6 +221,27 @@ def _quiet_tracer():
         yield
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """torch's C++ side prints its exporter warnings (a PythonOp it cannot inline, with a Python stack) straight to
+    file descriptor 2, and its Python side the graph at an error to stdout; a failure is reported as one NetError
+    line instead, so they are set aside."""
+    import sys
+    import tempfile
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _dynamic_outputs(part: NetworkPart, batches: tuple[int, int]) -> list[str]:
     """The outputs whose first dimension is the batch size at both sizes."""
     shapes = []
@@ -249,9 +270,10 @@ def export_onnx(net, path, opset: int = DEFAULT_OPSET, trace_batch: int = 2) -> 
                     dynamic.update({o: {0: "batch"} for o in _dynamic_outputs(part, (trace_batch, trace_batch + 1))})
             sample = tuple(random_inputs(part, trace_batch))
             try:
-                torch.onnx.export(part, sample, str(path), dynamo=False, opset_version=opset,
-                                  input_names=part.input_names, output_names=part.output_names,
-                                  dynamic_axes=dynamic or None, do_constant_folding=True)
+                with _quiet_native_stderr():
+                    torch.onnx.export(part, sample, str(path), dynamo=False, opset_version=opset,
+                                      input_names=part.input_names, output_names=part.output_names,
+                                      dynamic_axes=dynamic or None, do_constant_folding=True)
             except NetError:
                 raise
             except Exception as e:   # noqa: BLE001 - an op with no ONNX form: find the layer that uses it
@@ -286,7 +308,8 @@ def _layer_that_fails(part: NetworkPart, sample: tuple, opset: int, error: Excep
         layer = part.net.layers[step.key]
         bottoms = tuple(blobs[b] for b in step.bottoms)
         try:
-            torch.onnx.export(_OneLayer(layer), bottoms, io.BytesIO(), dynamo=False, opset_version=opset)
+            with _quiet_native_stderr():
+                torch.onnx.export(_OneLayer(layer), bottoms, io.BytesIO(), dynamo=False, opset_version=opset)
         except Exception as e:   # noqa: BLE001
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             return NetError(f"cannot export layer '{step.name}' ({step.definition.type}): {detail}")
@@ -336,7 +359,8 @@ def compare_onnx(path, part: NetworkPart, batches=(1, 3), inputs: list[list[torc
             b = np.asarray(b, dtype=np.float64)
             if a.shape != b.shape:
                 raise NetError(f"{path}: output '{name}' has shape {b.shape} in onnxruntime but {a.shape} in the "
-                               f"net at batch {batch}")
+                               f"net at batch {batch}; a layer may compute in Python/NumPy or for a fixed batch "
+                               f"size, which a trace freezes")
             both_nan = np.isnan(a) & np.isnan(b)
             d = np.nan_to_num(np.abs(np.where(both_nan, 0.0, a - b)), nan=np.inf)
             finite = np.abs(a[np.isfinite(a)])

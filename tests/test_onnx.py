@@ -15,6 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from conftest import ROOT, prototxt_for  # noqa: E402
+from layers import Layer, register_layer  # noqa: E402
 from netdef.errors import NetError  # noqa: E402
 from nets.net import Net  # noqa: E402
 from nets.onnx_export import NetworkPart, compare_onnx, export_onnx  # noqa: E402
@@ -299,6 +300,51 @@ def test_detection_output_is_refused_and_the_head_without_it_exports(tmp_path):
     assert report.outputs == ["mbox_conf_flatten", "mbox_loc", "mbox_priorbox"]
     pairs = run_both(net, session(tmp_path / "head.onnx"), {"data": torch.rand(3, 3, 16, 16)})
     assert max_diff(pairs) < TOL
+
+
+@register_layer("OnnxTestTrunc")
+class Trunc(Layer):
+    """y = trunc(x): torch's TorchScript exporter has no ONNX form for aten::trunc (opset 17)."""
+
+    def forward(self, x):
+        return torch.trunc(x)
+
+
+def test_a_layer_the_exporter_cannot_translate_is_named(tmp_path):
+    """No table entry for it: the export fails, and exporting layer by layer finds which one."""
+    net = Net("""input: "x" input_shape { dim: 2 dim: 3 }
+                 layer { name: "relu" type: "ReLU" bottom: "x" top: "r" }
+                 layer { name: "mine" type: "OnnxTestTrunc" bottom: "r" top: "y" }""", phase="TEST", device="cpu")
+    with pytest.raises(NetError, match=r"^cannot export layer 'mine' \(OnnxTestTrunc\): ") as e:
+        export_onnx(net, tmp_path / "m.onnx")
+    assert "\n" not in str(e.value)
+
+
+NUMPY_LAYER = """
+import numpy as np
+import torch
+from layers import Layer, register_layer
+
+@register_layer("OnnxTestNpTanh")
+class NpTanh(Layer):
+    def infer_top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, x):
+        return torch.as_tensor(np.tanh(x.detach().numpy()))
+"""
+
+
+def test_tool_catches_a_numpy_layer_by_running_the_file(tmp_path):
+    """A trace freezes a NumPy result as a constant: no exporter error, but onnxruntime's run shows it."""
+    (tmp_path / "np_layers.py").write_text(NUMPY_LAYER)
+    net = tmp_path / "np.prototxt"
+    net.write_text('input: "x" input_shape { dim: 2 dim: 3 }\n'
+                   'layer { name: "t" type: "OnnxTestNpTanh" bottom: "x" top: "y" }\n')
+    r = run_tool(net, "--out", tmp_path / "np.onnx", "--import", tmp_path / "np_layers.py")
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "a layer may compute in Python/NumPy" in last
 
 
 def run_tool(*args, cwd=None):
