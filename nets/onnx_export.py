@@ -2,7 +2,7 @@
 
     part = NetworkPart(net)                   # the layers a Net runs in its layer loop, as an nn.Module
     report = export_onnx(net, "net.onnx")     # traced with torch.onnx.export(dynamo=False), checked by onnx
-    diffs = compare_onnx("net.onnx", part)    # onnxruntime against our forward: max |difference| per output
+    checks = compare_onnx("net.onnx", part)   # onnxruntime vs our forward: Comparison(batch, output, max_abs_diff, ...)
 
 What the graph holds:
   * inputs: the tops of Input layers (and of a net's `input:` fields) and of the layers that feed the network
@@ -222,7 +222,7 @@ def _quiet_tracer():
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
+def _quiet_native_output():
     """torch's C++ side prints its exporter warnings (a PythonOp it cannot inline, with a Python stack) straight to
     file descriptor 2, and its Python side the graph at an error to stdout; a failure is reported as one NetError
     line instead, so they are set aside."""
@@ -270,7 +270,7 @@ def export_onnx(net, path, opset: int = DEFAULT_OPSET, trace_batch: int = 2) -> 
                     dynamic.update({o: {0: "batch"} for o in _dynamic_outputs(part, (trace_batch, trace_batch + 1))})
             sample = tuple(random_inputs(part, trace_batch))
             try:
-                with _quiet_native_stderr():
+                with _quiet_native_output():
                     torch.onnx.export(part, sample, str(path), dynamo=False, opset_version=opset,
                                       input_names=part.input_names, output_names=part.output_names,
                                       dynamic_axes=dynamic or None, do_constant_folding=True)
@@ -308,7 +308,7 @@ def _layer_that_fails(part: NetworkPart, sample: tuple, opset: int, error: Excep
         layer = part.net.layers[step.key]
         bottoms = tuple(blobs[b] for b in step.bottoms)
         try:
-            with _quiet_native_stderr():
+            with _quiet_native_output():
                 torch.onnx.export(_OneLayer(layer), bottoms, io.BytesIO(), dynamo=False, opset_version=opset)
         except Exception as e:   # noqa: BLE001
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]

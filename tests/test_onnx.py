@@ -124,7 +124,8 @@ def test_lenet_train_test_with_label_input_and_loss_outputs(tmp_path):
 
 POOL_NET = """
 input: "data" input_shape { dim: 2 dim: 2 dim: 7 dim: 8 }
-layer { name: "ave" type: "Pooling" bottom: "data" top: "ave" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "ave" type: "Pooling" bottom: "data" top: "ave"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "max" type: "Pooling" bottom: "data" top: "max" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 """
 
