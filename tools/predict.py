@@ -504,9 +504,13 @@ def plot_3d(joints_rel, title: str):
             set_lim(-span, span)
         ax.set_box_aspect((1, 1, 1))
         ax.view_init(elev=0, azim=azim)
-        ax.set_xlabel("X (mm)", fontsize=8)
-        ax.set_ylabel("Z (mm)", fontsize=8)
         ax.set_zlabel("-Y (mm)", fontsize=8)
+        if i == 0:              # the axis along the line of sight has no ticks
+            ax.set_xlabel("X (mm)", fontsize=8)
+            ax.set_yticks([])
+        else:
+            ax.set_ylabel("Z (mm), depth", fontsize=8)
+            ax.set_xticks([])
         ax.set_title(f"{title}, {name}" + ("" if ok else " (not finite)"), fontsize=9)
         ax.tick_params(labelsize=6)
     fig.subplots_adjust(left=0, right=1, bottom=0.02, top=0.95, wspace=0.05)
