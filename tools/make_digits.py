@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Render MNIST-like handwritten-looking digits: 28x28 gray PNGs, white on black, for the LeNet check.
 
-    python tools/make_digits.py OUT_DIR [--train 6000] [--test 1000] [--seed 0]
+    python tools/make_digits.py OUT_DIR [--train 60000] [--test 10000] [--seed 0]
 
 Writes OUT_DIR/train/NNNNN.png, OUT_DIR/test/NNNNN.png and the list files OUT_DIR/train.txt and
 OUT_DIR/test.txt (`train/00000.png 7`, the format tools/convert_imageset.py reads). Labels cycle 0-9 so the
 classes are balanced. Each digit is drawn with cv2.putText in one of OpenCV's seven Hershey fonts (plain,
 simplex, duplex, complex, triplex, script simplex, script complex, some in italic), a random thickness
 and scale, on a 96x96 canvas; then, as MNIST was made, its bounding box is scaled to fit 20x20 (aspect kept),
-it is rotated by up to +-15 degrees and sheared slightly, placed by its center of mass in the middle of the
+it is rotated by up to +-15 degrees, sheared, squeezed or stretched in width and elastically distorted
+(a smooth random displacement field, bicubic from a 5x5 grid of random offsets, after Simard et al.
+2003), placed by its center of mass in the middle of the
 28x28 image and shifted by up to +-2 pixels. The train and test sets are drawn from different random streams
 (seed and seed + 1), so no test image is a train image.
 """
@@ -19,11 +21,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
+
 from netdef.errors import NetError, add_debug_flag, run_tool  # noqa: E402
 
 SIZE = 28
 BOX = 20
 CANVAS = 96
+ELASTIC = 5.0          # the distortion's displacement at its control points, canvas pixels (~2 px in 28x28)
+
+
+_GRID = np.dstack(np.meshgrid(np.arange(CANVAS, dtype=np.float32), np.arange(CANVAS, dtype=np.float32)))
 
 
 def _fonts():
@@ -45,11 +53,17 @@ def render_digit(digit: int, rng):
     (w, h), _ = cv2.getTextSize(str(digit), font, scale, thickness)
     org = ((CANVAS - w) // 2, (CANVAS + h) // 2)
     cv2.putText(canvas, str(digit), org, font, scale, 255, thickness, cv2.LINE_AA)
-    # small rotation and shear about the canvas center
+    # rotation, shear and a width squeeze or stretch about the canvas center
     angle = rng.uniform(-15, 15)
     m = cv2.getRotationMatrix2D((CANVAS / 2, CANVAS / 2), angle, 1.0)
-    m[0, 1] += rng.uniform(-0.2, 0.2)
+    m[0, :2] *= rng.uniform(0.75, 1.15)
+    m[0, 1] += rng.uniform(-0.25, 0.25)
+    m[0, 2] = CANVAS / 2 - m[0, 0] * CANVAS / 2 - m[0, 1] * CANVAS / 2
     canvas = cv2.warpAffine(canvas, m, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR)
+    # an elastic distortion (Simard et al. 2003): a smooth random displacement field, up to a few pixels
+    coarse = rng.uniform(-ELASTIC, ELASTIC, size=(5, 5, 2)).astype(np.float32)    # (dx, dy) on a 5x5 grid
+    field = cv2.resize(coarse, (CANVAS, CANVAS), interpolation=cv2.INTER_CUBIC) + _GRID
+    canvas = cv2.remap(canvas, field[..., 0], field[..., 1], cv2.INTER_LINEAR)
     ys, xs = np.nonzero(canvas > 20)
     if ys.size == 0:
         raise NetError(f"digit {digit} rendered empty")
@@ -100,8 +114,8 @@ def make(out_dir: str, train: int, test: int, seed: int) -> tuple:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="make_digits.py", description="Render MNIST-like digit images.")
     ap.add_argument("out", metavar="OUT_DIR")
-    ap.add_argument("--train", type=int, default=6000, help="training images (default 6000)")
-    ap.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    ap.add_argument("--train", type=int, default=60000, help="training images (default 60000, as MNIST)")
+    ap.add_argument("--test", type=int, default=10000, help="test images (default 10000, as MNIST)")
     ap.add_argument("--seed", type=int, default=0)
     add_debug_flag(ap)
     args = ap.parse_args(argv)
