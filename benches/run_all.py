@@ -1,7 +1,7 @@
 """Runs the benches and prints one markdown table (each row: a measurement against its baseline from the same
 run, their ratio, and the issue's goal where it sets one), then a line naming the machine.
 
-    python benches/run_all.py                          # all: overhead, gt, data, pipeline, train, soak
+    python benches/run_all.py                          # all: overhead, gt, data, pipeline, train, soak, caffe_data
     python benches/run_all.py --quick                  # small batches and repeats: checks that all runs
     python benches/run_all.py --only overhead,train --out benches.md
 
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import cpu_name, machine_line, make_converted, markdown, row, temp_dir  # noqa: E402
 
-BENCHES = ("overhead", "gt", "data", "pipeline", "train", "soak")
+BENCHES = ("overhead", "gt", "data", "pipeline", "train", "soak", "caffe_data")
 GT_GOAL_SPEEDUP = 20.0                           # bench_gt's goal (issue 6)
 DATA_GOAL_RATE, DATA_GOAL_RATIO = 400.0, 10.0   # issue 3: packed with 2 workers; packed vs text, serially
 
@@ -73,7 +73,13 @@ def _soak(quick: bool) -> list[dict]:
     return bench_soak.run(quick)
 
 
-RUNNERS = {"overhead": _overhead, "gt": _gt, "data": _data, "pipeline": _pipeline, "train": _train, "soak": _soak}
+def _caffe_data(quick: bool) -> list[dict]:
+    import bench_caffe_data
+    return bench_caffe_data.rows(quick)
+
+
+RUNNERS = {"overhead": _overhead, "gt": _gt, "data": _data, "pipeline": _pipeline, "train": _train, "soak": _soak,
+           "caffe_data": _caffe_data}
 
 
 def run(only=BENCHES, quick: bool = False, log=None, failed: list | None = None) -> list[dict]:

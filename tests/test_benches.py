@@ -79,6 +79,10 @@ def test_quick_rows_of_gt():
     _check_rows(run_all.run(["gt"], quick=True), ["gt"])
 
 
+def test_quick_rows_of_caffe_data():
+    _check_rows(run_all.run(["caffe_data"], quick=True), ["caffe_data"])
+
+
 @pytest.mark.slow
 def test_quick_rows_of_overhead_and_pipeline():
     _check_rows(run_all.run(["overhead", "pipeline"], quick=True), ["overhead", "pipeline"])
