@@ -34,6 +34,11 @@ and torch's traceback is what one wants for it.
 Workers never outlive the main process: each asks the kernel to SIGKILL it when the main process dies
 (nets.perf.die_with_parent), even by SIGKILL or the OOM killer, where torch's own check (every 5 s, between
 batches) may never run in a worker blocked on a full pipe.
+
+Signals: workers ignore SIGINT and SIGTERM, which reach them when a terminal, a scheduler or `timeout` signals
+the whole process group; the main process owns the stop (nets.solver.interrupt) and the workers' end. A worker
+that dies anyway (SIGKILL, the OOM killer) ends the run in one line, a NetError naming torch's reason, wherever
+the main process learns of it (in next_batch, or in torch's SIGCHLD handler, which this stage wraps).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import collections
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -98,6 +104,18 @@ def _blobs_only(blobs: dict) -> dict:
 def _worker_init(worker_id: int, parent_pid: int | None = None, kernel_signal: bool = True) -> None:
     die_with_parent(parent_pid, kernel_signal)
     keep_freed_memory()     # inherited through fork; spawned workers need the call
+    # Ctrl-C and SIGTERM sent to the whole process group (a terminal, `kill -TERM -- -PGID`, a scheduler, timeout)
+    # reach the workers too; the main process owns the stop (it finishes the iteration, which needs its batch,
+    # snapshots and closes the stage). torch's worker set a C handler that dies by SIGTERM unless the main process
+    # sent it, and the main process then raised "DataLoader worker ... is killed by signal: Terminated" with a
+    # traceback. A Python handler (reset at exec, unlike SIG_IGN) ignores both; a worker that does not stop when
+    # the stage closes ends when the main process does (die_with_parent).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore_signal)
+
+
+def _ignore_signal(signum, frame) -> None:
+    pass
 
 
 def _worker_init_fn():
@@ -109,6 +127,48 @@ def _worker_init_fn():
     direct = method in ("fork", "spawn")
     kernel_signal = not direct or threading.current_thread() is threading.main_thread()
     return functools.partial(_worker_init, parent_pid=os.getpid() if direct else None, kernel_signal=kernel_signal)
+
+
+def _worker_death(error: BaseException) -> str | None:
+    """torch's message for a worker process that died, or None when `error` is not torch's error for one. The
+    most specific one in the chain: "DataLoader worker (pid 12) is killed by signal: Killed." (from the SIGCHLD
+    handler) rather than the "DataLoader worker (pid(s) 12) exited unexpectedly" raised from it."""
+    found = None
+    while isinstance(error, (RuntimeError, NetError)):
+        message = str(error).strip()
+        if isinstance(error, RuntimeError) and message.startswith("DataLoader worker (pid"):
+            found = message
+        elif found is None:
+            return None     # another error, whatever its chain holds
+        error = error.__cause__
+    return found
+
+
+def _died(message: str) -> NetError:
+    return NetError(f"a data worker process died: {message.rstrip('. ')}")
+
+
+def _one_line_worker_deaths() -> None:
+    """torch's SIGCHLD handler (set when a loader starts its workers) raises its RuntimeError about a worker that
+    died wherever the main thread is (in a layer's forward, in backward...): wrap it to raise that as a one-line
+    NetError instead (a worker killed alone, by the OOM killer or by hand)."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return
+    torch_handler = signal.getsignal(signal.SIGCHLD)
+    if not callable(torch_handler) or getattr(torch_handler, "one_line", False):
+        return
+
+    def one_line(signum, frame):
+        try:
+            torch_handler(signum, frame)
+        except RuntimeError as e:
+            died = _worker_death(e)
+            if died is None:
+                raise
+            raise _died(died) from e
+
+    one_line.one_line = True
+    signal.signal(signal.SIGCHLD, one_line)
 
 
 def _shutdown(loader_iter) -> None:
@@ -296,7 +356,13 @@ class SourceStage:
             return _blobs_only(_run_steps(self.reader_steps, self.layers, drawn, self.compact))
         if self._iter is None:
             self._start()
-        tops = next(self._iter)
+        try:
+            tops = next(self._iter)
+        except RuntimeError as e:
+            died = _worker_death(e)
+            if died is None:
+                raise
+            raise _died(died) from e
         batch = self._pending_draws.popleft()
         self._consumed_state = self._pending_states.popleft()
         if isinstance(tops, _Failed):
@@ -322,6 +388,7 @@ class SourceStage:
                                   # (that would shift Dropout masks and break exact resume)
                                   generator=torch.Generator().manual_seed(0))
         self._iter = iter(self._loader)
+        _one_line_worker_deaths()
         # stop the workers when the stage goes away or at interpreter exit (else exit waits on them)
         self._finalizer = weakref.finalize(self, _shutdown, self._iter)
 

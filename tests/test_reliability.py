@@ -240,3 +240,75 @@ def test_shapes_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and blob in err[0] and re.search(need + r", more than the [\d.]+ [KMGT]?B of memory "
                                                           r"available$", err[0]), err
+
+
+def data_layer_run(folder, workers=2):
+    """A training run whose batches come from Caffe's Data layer (a 10-record LMDB) through `workers` data worker
+    processes, started in a new session so that the test signals its whole process group, as a shell does."""
+    import lmdb
+    from layers.caffe.datum import encode_datum
+    env = lmdb.open(str(folder / "db"), map_size=1 << 24)
+    images = np.random.default_rng(0).integers(0, 256, (10, 3, 6, 7), dtype=np.uint8)
+    with env.begin(write=True) as txn:
+        for i in range(10):
+            txn.put(b"%08d" % i, encode_datum(images[i], i % 2))
+    env.close()
+    write(folder, "net.prototxt", """
+        layer { name: "d" type: "Data" top: "x" top: "y" data_param { source: "db" batch_size: 4 backend: LMDB }
+                transform_param { scale: 0.00390625 } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "p" inner_product_param { num_output: 2 } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "p" bottom: "y" top: "loss" }
+    """)
+    write(folder, "solver.prototxt", 'net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 10000000\n'
+                                     'display: 1\nsnapshot_prefix: "snap"\nrandom_seed: 1\n')
+    return ["--solver", "solver.prototxt", "--device", "cpu", "--workers", str(workers)]
+
+
+def worker_pids(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_sigterm_to_the_process_group_with_workers_snapshots_in_one_line(tmp_path):
+    """`kill -TERM -- -PGID` (a scheduler, `timeout`, a closing terminal) reaches the data workers too. torch's
+    workers died of it and the main process printed torch's "DataLoader worker (pid X) is killed by signal:
+    Terminated" traceback; now they ignore it, the run finishes its iteration, snapshots, exits 143 in one line,
+    and the snapshot resumes (and stops on SIGTERM again the same way)."""
+    args = data_layer_run(tmp_path)
+
+    def run_and_terminate(extra, prefix):
+        proc = start(args + extra, tmp_path, start_new_session=True)
+        lines = read_until(proc, prefix)
+        assert len(worker_pids(proc.pid)) == 2
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        out = "".join(lines) + out
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "Traceback" not in err and "DataLoader" not in err, err
+        done = re.search(r"^interrupted at iteration (\d+): snapshot written; resume with --solver solver.prototxt "
+                         r"--snapshot (snap_iter_(\d+)\.solverstate\.h5)$", err.strip(), re.M)
+        assert done and done.group(1) == done.group(3), err
+        assert err.strip().splitlines()[-1] == done.group(0)
+        assert (tmp_path / done.group(2)).exists() and (tmp_path / f"snap_iter_{done.group(1)}.caffemodel.h5").exists()
+        return int(done.group(1)), done.group(2), out
+
+    first, state, _ = run_and_terminate([], "Iteration 3, lr")
+    second, _, out = run_and_terminate(["--snapshot", state], f"Iteration {first + 3}, lr")
+    assert second >= first + 3
+    # it went on from the snapshot: Caffe's first display after a restore is the restored iteration's
+    assert f"Restoring previous solver status from {state}" in out
+    assert re.findall(r"Iteration (\d+), lr", out)[0] == str(first)
+
+
+def test_a_data_worker_killed_alone_is_one_line(tmp_path):
+    """A worker killed on its own (SIGKILL here; the OOM killer alike) ends the run with one line naming it,
+    not torch's traceback."""
+    proc = start(data_layer_run(tmp_path), tmp_path, start_new_session=True)
+    read_until(proc, "Iteration 3, lr")
+    victim = worker_pids(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert re.fullmatch(rf"error: a data worker process died: DataLoader worker \(pid(\(s\))? {victim}\) "
+                        r"(is killed by signal: Killed|exited unexpectedly) \(run with --debug for the traceback\)\n",
+                        err), err

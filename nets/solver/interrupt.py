@@ -1,7 +1,8 @@
 """Ctrl-C (SIGINT) or SIGTERM while training: the first asks the solver to stop after the current iteration (it
 then writes a snapshot); a second one raises KeyboardInterrupt at once. SIGTERM counts as Ctrl-C because batch
-schedulers and torchrun stop jobs with it. Data worker processes forked meanwhile inherit the handler and
-ignore both signals (the main process stops them)."""
+schedulers and torchrun stop jobs with it. Data worker processes ignore both signals (the main process stops
+them): processes forked meanwhile inherit the handler, which does nothing outside this process, and the source
+stage's DataLoader workers, whose torch sets its own SIGTERM handler, ignore them (nets.source)."""
 
 from __future__ import annotations
 
