@@ -135,12 +135,14 @@ def _train(args) -> int:
         import_user_module(module)
     weights = [] if args.snapshot else ([args.weights] if args.weights else None)
     solver = None
+    completed = False
     try:
         device = distributed.init_from_env(args.device)
         solver = Solver(args.solver, device=device, workers=args.workers, stages=_stages(args),
                         level=args.level or None, weights=weights, seed=args.seed, amp=args.amp,
                         channels_last=args.channels_last, compile=args.compile)
         solver.solve(resume=args.snapshot)
+        completed = not solver.interrupted
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
@@ -152,7 +154,7 @@ def _train(args) -> int:
     finally:
         if solver is not None:
             solver.close()
-        distributed.shutdown()
+        distributed.shutdown(completed)
     status = 128 + (solver.stop.signal or signal.SIGINT) if solver.interrupted else 0   # 130 Ctrl-C, 143 SIGTERM
     if solver.rank != 0 or not solver.interrupted:
         return status

@@ -104,6 +104,11 @@ def broadcast_object(obj):
     return box[0]
 
 
-def shutdown() -> None:
+def shutdown(completed: bool = False) -> None:
+    """Leave the process group. After a run every rank completed, wait for the others first: a rank that tears
+    gloo down while a peer still talks to it can abort at exit ('terminate called without an active exception',
+    seen once in CI under load). After an error or an interruption nobody waits (a peer may be gone)."""
     if dist.is_available() and dist.is_initialized():
+        if completed and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
