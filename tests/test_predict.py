@@ -25,6 +25,7 @@ from layers.caffe.normalization import BatchNorm  # noqa: E402
 from layers.hand.reconstruct import ROOT_STATUS_NAMES, RootDepth  # noqa: E402
 from layers.hand.rhd import memo  # noqa: E402
 from layers.hand.rhd.convert import square_crop_box  # noqa: E402
+from netdef.errors import NetError  # noqa: E402
 from nets.net import Net  # noqa: E402
 from nets.weights import load_weights, save_weights  # noqa: E402
 
@@ -296,3 +297,12 @@ def test_errors_are_one_line(setup, tmp_path, capsys):
     finally:
         os.chdir(cwd)
     one_error_line(code, err, "no bone lengths", "--bones")
+
+
+def test_a_detectors_fractional_box_is_rounded_to_pixels():
+    tool = predict
+    assert tool._int_box([162.57, 63.86, 256.5, 185.32], "box") == (163, 64, 257, 185)
+    assert tool._int_box([1, 2, 3, 4], "box") == (1, 2, 3, 4)
+    for bad in ([1, 2, 3], [1, 2, float("nan"), 4], ["a", 2, 3, 4], [True, 2, 3, 4]):
+        with pytest.raises(NetError, match=r"box must be 4 numbers x1, y1, x2, y2"):
+            tool._int_box(bad, "box")

@@ -13,7 +13,7 @@ its boxes.json is used when no box option is given. Writes DIR/predictions.json 
 heatmaps over the crop, each scaled to its peak).
 
 The crop is the converter's (layers.hand.rhd.convert, SPEC section 3), so the net sees what it was trained on:
-  --box         a hand's box (e.g. a detector's; integer pixel bounds, inclusive), grown as the converter grows
+  --box         a hand's box (e.g. a detector's; pixel bounds, inclusive; fractions rounded), grown as the converter grows
                 a hand's mask box (convert.square_crop_box): a square of side ceil(1.25 x the longer side),
                 centred on the box's centre (the converter centres on the mask's centroid, which a box lacks);
   --crop-box    the crop itself, used as is (e.g. the bbx_* of a converted sample: then the prediction equals
@@ -111,13 +111,18 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
 
 
 def _int_box(values, what: str) -> tuple[int, int, int, int]:
+    """x1, y1, x2, y2 as pixel bounds (inclusive); a detector's fractional coordinates are rounded to the nearest
+    pixel."""
+    import math
     try:
-        box = tuple(int(v) for v in values)
-        ok = len(box) == 4 and all(float(v) == b for v, b in zip(values, box))
+        numbers = [float(v) for v in values]
+        ok = len(numbers) == 4 and all(math.isfinite(v) for v in numbers) and not any(isinstance(v, bool)
+                                                                                      for v in values)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise NetError(f"{what} must be 4 integers x1, y1, x2, y2 (pixel bounds, inclusive), got {values!r}")
+        raise NetError(f"{what} must be 4 numbers x1, y1, x2, y2 (pixel bounds, inclusive), got {values!r}")
+    box = tuple(int(math.floor(v + 0.5)) for v in numbers)
     if box[0] > box[2] or box[1] > box[3]:
         raise NetError(f"{what} {list(box)} is empty: need x1 <= x2 and y1 <= y2")
     return box
