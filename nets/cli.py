@@ -26,7 +26,8 @@ CPU, NCCL on CUDA with one GPU per process; rank 0 logs and snapshots; the globa
 
 Results go to stdout; notes, the progress bar (only on a terminal) and errors go to stderr. A user error
 (NetError) prints one line, `error: <message>`, and exits with status 2; Ctrl-C in test or time mode prints one
-line and exits 130. --debug also prints the traceback.
+line and exits 130, SIGTERM prints `error: terminated by SIGTERM` and exits 143 (netdef.errors.run_tool; data
+workers ignore both and stop with the run). --debug also prints the traceback.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 from layers.base import as_tuple, check_allocation
 from layers.registry import import_user_module
 from nets.accel import amp_dtype, autocast
-from netdef.errors import add_debug_flag, run_tool
+from netdef.errors import add_debug_flag, interruption, run_tool
 from nets.net import Net
 from nets.weights import load_weights
 
@@ -143,14 +144,15 @@ def _train(args) -> int:
                         channels_last=args.channels_last, compile=args.compile)
         solver.solve(resume=args.snapshot)
         completed = not solver.interrupted
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             traceback.print_exc()
+        name, status = interruption(e)     # Ctrl-C 130, SIGTERM 143
         where = f" at iteration {solver.iter}" if solver else " before training started"
         last = (f"the last complete snapshot is {solver.last_snapshot}" if solver and solver.last_snapshot
                 else "no snapshot was written")
-        print(f"error: aborted by Ctrl-C{where}; {last}", file=sys.stderr)
-        return 130
+        print(f"error: aborted by {name}{where}; {last}", file=sys.stderr)
+        return status
     finally:
         if solver is not None:
             solver.close()

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from netdef.errors import NetError, NetWarning, run_tool
+from netdef.errors import NetError, NetWarning, Terminated, run_tool
 from nets.cli import main
 from nets.net import Net
 from nets.solver import Solver
@@ -171,6 +171,25 @@ def test_run_tool_endings(capsys):
 
     assert run_tool(interrupted, interrupted="stopped, rerun to finish") == 130
     assert capsys.readouterr().err == "error: stopped, rerun to finish\n"
+
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)    # the handler raises Terminated at the next bytecode
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt the body")
+
+    def outside(signum, frame):      # what SIGTERM does when run_tool does not take it over (not pytest's death)
+        raise AssertionError("run_tool did not handle SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, outside)
+    try:
+        assert run_tool(terminated) == 143
+        assert capsys.readouterr().err == "error: terminated by SIGTERM\n"
+        assert run_tool(terminated, interrupted="interrupted by Ctrl-C: run the same command again to finish") == 143
+        assert capsys.readouterr().err == "error: terminated by SIGTERM: run the same command again to finish\n"
+        assert signal.getsignal(signal.SIGTERM) is outside      # given back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert isinstance(Terminated(), KeyboardInterrupt)      # `except KeyboardInterrupt` cleanups run for it
     assert run_tool(user_error) == 2
     assert capsys.readouterr().err == "error: net.prototxt:3:1: bad\n"   # no cause: no --debug hint
 
@@ -312,3 +331,50 @@ def test_a_data_worker_killed_alone_is_one_line(tmp_path):
     assert re.fullmatch(rf"error: a data worker process died: DataLoader worker \(pid(\(s\))? {victim}\) "
                         r"(is killed by signal: Killed|exited unexpectedly) \(run with --debug for the traceback\)\n",
                         err), err
+
+
+def wait_for_workers(proc, n=2, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if len(worker_pids(proc.pid)) == n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} data workers after {timeout} s")
+
+
+@pytest.mark.parametrize("mode", [[], ["--time"]])
+def test_sigterm_to_the_process_group_in_test_and_time_mode_is_one_line_and_143(tmp_path, mode):
+    """Test mode (and time mode) with 2 data workers reading Caffe's Data layer, SIGTERM to the whole process
+    group: it died silently with status 143 from the default action; now one line, 143, and no traceback from
+    the main process or the workers."""
+    data_layer_run(tmp_path)         # its LMDB and net.prototxt
+    proc = start(["net.prototxt", "--iterations", "10000000", *mode, "--device", "cpu", "--workers", "2"], tmp_path,
+                 start_new_session=True)
+    wait_for_workers(proc)
+    time.sleep(0.5)                  # batches flowing
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err == "error: terminated by SIGTERM\n" and out == "", (out, err)
+
+
+def test_sigterm_during_convert_imageset_is_one_line_and_leaves_no_temporary_files(tmp_path):
+    """Another tool through run_tool: SIGTERM mid-conversion removes the half-written database (its temporary
+    folder), prints one line and exits 143; before, the default action left DB_NAME.*.tmp behind."""
+    import cv2
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8))
+    (tmp_path / "list.txt").write_text("a.png 1\n" * 1000000)
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "convert_imageset.py"),
+                             str(tmp_path / "img") + "/", str(tmp_path / "list.txt"), str(tmp_path / "db")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = read_until(proc, "Processed 1000 files.")
+    assert any(p.name.startswith("db.") and p.name.endswith(".tmp") for p in tmp_path.iterdir()), lines
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err == "error: terminated by SIGTERM\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "list.txt"]

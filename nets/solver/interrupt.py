@@ -1,8 +1,10 @@
 """Ctrl-C (SIGINT) or SIGTERM while training: the first asks the solver to stop after the current iteration (it
-then writes a snapshot); a second one raises KeyboardInterrupt at once. SIGTERM counts as Ctrl-C because batch
-schedulers and torchrun stop jobs with it. Data worker processes ignore both signals (the main process stops
-them): processes forked meanwhile inherit the handler, which does nothing outside this process, and the source
-stage's DataLoader workers, whose torch sets its own SIGTERM handler, ignore them (nets.source)."""
+then writes a snapshot); a second one raises KeyboardInterrupt at once (Terminated, netdef.errors, for SIGTERM).
+SIGTERM counts as Ctrl-C because batch schedulers and torchrun stop jobs with it. Outside training, run_tool
+turns SIGTERM into Terminated; the guard takes it over while training runs and gives it back after. Data worker
+processes ignore both signals (the main process stops them): processes forked meanwhile inherit the handler,
+which does nothing outside this process, and the source stage's DataLoader workers, whose torch sets its own
+SIGTERM handler, ignore them (nets.source)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import os
 import signal
 import threading
 import time
+
+from netdef.errors import Terminated
 
 __all__ = ["StopRequest", "SIGNALS"]
 
@@ -54,7 +58,7 @@ class StopRequest:
             if self._presses > 1:
                 for s in SIGNALS:
                     signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
-                raise KeyboardInterrupt
+                raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
             self.requested, self.signal = True, signum
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             if self.world > 1:    # the ranks agree on the iteration at their next collective
