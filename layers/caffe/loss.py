@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from layers.base import Layer, Param, Params, channel_axis
 from layers.registry import register_layer
+from layers.caffe.blobproto import decode_blobproto
 from netdef import protowire as pw
 
 NORMALIZATION = ("FULL", "VALID", "BATCH_SIZE", "NONE")
@@ -374,33 +376,14 @@ def _read_blob_proto(layer: Layer, path: str) -> torch.Tensor:
             buf = fh.read()
     except OSError as e:
         raise layer.error(f"cannot read infogain_loss_param source '{path}': {e.strerror or e}") from None
-    legacy: dict[int, int] = {}
-    dims: list[int] = []
-    values: dict[int, list[float]] = {5: [], 8: []}      # data (float), double_data (double)
     try:
-        for f in pw.iter_fields(buf):
-            if f.number in (1, 2, 3, 4) and f.wire_type == pw.VARINT:
-                legacy[f.number] = pw.to_int32(f.value)
-            elif f.number == 5 and f.wire_type in (pw.LEN, pw.I32):
-                bits = pw.unpack_fixed32(f.value) if f.wire_type == pw.LEN else [f.value]
-                values[5] += [pw.to_float(b) for b in bits]
-            elif f.number == 8 and f.wire_type in (pw.LEN, pw.I64):
-                bits = pw.unpack_fixed64(f.value) if f.wire_type == pw.LEN else [f.value]
-                values[8] += [pw.to_double(b) for b in bits]
-            elif f.number == 7 and f.wire_type == pw.LEN:          # shape { repeated int64 dim (packed or not) }
-                for g in pw.iter_fields(buf, f.offset, f.offset + len(f.value)):
-                    if g.number == 1 and g.wire_type == pw.VARINT:
-                        dims.append(pw.to_int64(g.value))
-                    elif g.number == 1 and g.wire_type == pw.LEN:
-                        dims += [pw.to_int64(v) for v in pw.unpack_varints(g.value)]
+        shape, data = decode_blobproto(buf)
     except pw.WireError as e:
         raise layer.error(f"infogain_loss_param source '{path}' is not a BlobProto (.binaryproto): {e}") from None
-    shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4)) if legacy else tuple(dims)
-    data = values[8] or values[5]
     if any(d < 0 for d in shape) or math.prod(shape) != len(data):
         raise layer.error(f"infogain_loss_param source '{path}': blob shape {shape} does not match its "
                           f"{len(data)} values")
-    return torch.tensor(data, dtype=torch.float64).reshape(shape)
+    return torch.from_numpy(data.astype(np.float64)).reshape(shape)
 
 
 @register_layer("InfogainLoss")

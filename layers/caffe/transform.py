@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from layers.base import Layer, Param, Params
+from layers.caffe.blobproto import decode_blobproto
 from netdef import protowire as pw
 from netdef.errors import NetError
 
@@ -92,31 +93,10 @@ def read_mean_file(path: str, where: str) -> np.ndarray:
             buf = fh.read()
     except OSError as e:
         raise NetError(f"{where}: cannot read mean_file '{path}': {e.strerror or e}") from None
-    legacy: dict[int, int] = {}
-    dims: list[int] = []
-    floats, doubles = [], []
     try:
-        for f in pw.iter_fields(buf):
-            if f.number in (1, 2, 3, 4) and f.wire_type == pw.VARINT:
-                legacy[f.number] = pw.to_int32(f.value)
-            elif f.number == 5 and f.wire_type == pw.LEN:
-                floats.append(np.frombuffer(f.value, "<f4"))
-            elif f.number == 5 and f.wire_type == pw.I32:
-                floats.append(np.array([f.value], "<u4").view("<f4"))
-            elif f.number == 8 and f.wire_type == pw.LEN:
-                doubles.append(np.frombuffer(f.value, "<f8"))
-            elif f.number == 8 and f.wire_type == pw.I64:
-                doubles.append(np.array([f.value], "<u8").view("<f8"))
-            elif f.number == 7 and f.wire_type == pw.LEN:
-                for g in pw.iter_fields(buf, f.offset, f.offset + len(f.value)):
-                    if g.number == 1 and g.wire_type == pw.VARINT:
-                        dims.append(pw.to_int64(g.value))
-                    elif g.number == 1 and g.wire_type == pw.LEN:
-                        dims += [pw.to_int64(v) for v in pw.unpack_varints(g.value)]
-    except (pw.WireError, ValueError) as e:
+        shape, values = decode_blobproto(buf)
+    except pw.WireError as e:
         raise NetError(f"{where}: mean_file '{path}' is not a BlobProto (.binaryproto): {e}") from None
-    shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4)) if legacy else tuple(dims)
-    values = np.concatenate(doubles) if doubles else (np.concatenate(floats) if floats else np.zeros(0))
     if any(d < 0 for d in shape) or int(np.prod(shape)) != values.size or not values.size:
         raise NetError(f"{where}: mean_file '{path}': blob shape {shape} does not match its {values.size} values")
     return values.astype(np.float32).reshape(shape)
