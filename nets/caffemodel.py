@@ -39,7 +39,7 @@ from netdef.protowire import I32, I64, LEN, VARINT, WireError, encode_key, encod
     len_field, float_field, string_field, to_float, to_int32, to_int64, unpack_varints, varint_field
 from netdef.spec import V1_TYPES
 
-__all__ = ["BlobRecord", "LayerRecord", "ModelRecord", "V1_ENUM", "V0_TYPES", "read_caffemodel",
+__all__ = ["BlobRecord", "LayerRecord", "ModelRecord", "atomic_write", "V1_ENUM", "V0_TYPES", "read_caffemodel",
            "parse_caffemodel", "write_caffemodel", "net_records", "read_blobproto", "write_blobproto",
            "foreign_kind"]
 
@@ -458,21 +458,32 @@ def _layer_pieces(rec: LayerRecord) -> list[bytes]:
     return out
 
 
-def _atomic_write(path: str, pieces_of, what: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise NetError(f"cannot write {what} '{path}': no such directory '{directory}'")
+def atomic_write(path: str, write_temp, what: str) -> None:
+    """Write `path` through `write_temp(temp_path)` into `<path>.<pid>.tmp` in the same folder, then rename it into
+    place (atomic). A kill never leaves a half file at `path`; it may leave the temporary file, which
+    nets.weights.remove_stale_temp_files() clears. OSError -> one-line NetError naming `what` and the path."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as fh:
-            for piece in pieces_of():
-                fh.write(piece)
+        write_temp(tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise NetError(f"cannot write {what} '{path}': {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _atomic_write(path: str, pieces_of, what: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise NetError(f"cannot write {what} '{path}': no such directory '{directory}'")
+
+    def write_temp(tmp):
+        with open(tmp, "wb") as fh:
+            for piece in pieces_of():
+                fh.write(piece)
+
+    atomic_write(path, write_temp, what)
 
 
 def write_caffemodel(path, layers: list[LayerRecord], name: str = "") -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from netdef.errors import NetError, NetWarning
-from nets.caffemodel import BlobRecord, LayerRecord, ModelRecord, net_records, read_caffemodel, \
+from nets.caffemodel import BlobRecord, LayerRecord, ModelRecord, atomic_write, net_records, read_caffemodel, \
     write_caffemodel
 
 __all__ = ["save_weights", "load_weights", "LoadReport", "atomic_h5", "remove_stale_temp_files",
@@ -150,16 +150,12 @@ def atomic_h5(path: str, write, what: str) -> None:
     place (an atomic rename; created by h5py, so the umask applies). A kill never leaves a half file at `path`;
     it may leave the temporary file `<path>.<pid>.tmp`, which remove_stale_temp_files() clears."""
     import h5py
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+
+    def write_temp(tmp):
         with h5py.File(tmp, "w") as f:
             write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise NetError(f"cannot write {what} '{path}': {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write_temp, what)
 
 
 def _process_alive(pid: int) -> bool:
