@@ -1,5 +1,6 @@
-"""Layer registry: `@register_layer("Type", aliases=(...))`, lookup by type name, and loading of user layers
-(`type: "Python"` with python_param { module layer }, or `run_net.py --import MODULE_OR_FILE`).
+"""Layer registry: `@register_layer("Type", aliases=(...))`, lookup by type name, and importing user layer modules
+(`run_net.py --import MODULE_OR_FILE`, and the module of `type: "Python"` python_param { module layer }, whose
+class layers.pycaffe.python_layer_class then takes: one of ours, or a caffe.Layer it wraps).
 
 Where user modules are found: while a user module is imported, the folder of an imported .py file, the folders
 passed as `search` (a net built from a prototxt file passes that file's folder) and the current folder come
@@ -19,7 +20,7 @@ from typing import Iterable
 from netdef.errors import NetError
 from netdef.params import did_you_mean
 
-__all__ = ["register_layer", "get_layer_class", "registered_types", "import_user_module", "load_python_layer"]
+__all__ = ["register_layer", "get_layer_class", "registered_types", "import_user_module"]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -159,17 +160,3 @@ def import_user_module(module_or_file: str, where: str = "", search: Iterable[st
                        f"and on sys.path)") from e
     except Exception as e:
         raise NetError(f"{prefix}error importing layer module '{module_or_file}': {type(e).__name__}: {e}") from e
-
-
-def load_python_layer(module: str, layer: str, where: str, search: Iterable[str] = ()):
-    """Caffe's Python layer: the class `layer` from `module` (dotted name or .py path), looked for also in
-    the `search` folders (the net file's folder)."""
-    from layers.base import Layer
-    mod = import_user_module(module, where, search)
-    cls = getattr(mod, layer, None)
-    if cls is None:
-        names = [n for n, v in vars(mod).items() if isinstance(v, type) and issubclass(v, Layer)]
-        raise NetError(f"{where}: module '{module}' has no layer class '{layer}'{did_you_mean(layer, names)}")
-    if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise NetError(f"{where}: '{module}.{layer}' is not a subclass of layers.base.Layer")
-    return cls
