@@ -53,6 +53,26 @@ def test_batchnorm_train_formula_any_spatial_dims(shape):
     assert y.dtype == torch.float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batchnorm_stored_sums_with_eps_follow_caffe(dtype):
+    """The path with eps > 0 (ATen's batch_norm): the stored sums follow Caffe's rule step by step."""
+    maf = 0.9
+    bn = mk(f'type: "BatchNorm" batch_norm_param {{ moving_average_fraction: {maf} eps: 0.01 }}', [(3, 2, 4, 5)])
+    sums = np.zeros(2), np.zeros(2), 0.0
+    for step in range(3):
+        x = torch.randn(3, 2, 4, 5, dtype=dtype) * (step + 1) + step
+        y = bn(x)
+        xn = x.double().numpy()
+        mean, var = xn.mean(axis=(0, 2, 3)), xn.var(axis=(0, 2, 3))
+        m = 3 * 4 * 5
+        sums = sums[0] * maf + mean, sums[1] * maf + m / (m - 1) * var, sums[2] * maf + 1
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        np.testing.assert_allclose(bn.mean.numpy(), sums[0], rtol=1e-6, atol=1e-6)     # the blobs are float32
+        np.testing.assert_allclose(bn.variance.numpy(), sums[1], rtol=1e-6, atol=1e-6)
+        assert bn.scale_factor.item() == pytest.approx(sums[2])
+        np.testing.assert_allclose(y.double().numpy(), np_batchnorm(xn, 0.01), rtol=tol, atol=tol)
+
+
 def test_batchnorm_default_use_global_stats_follows_phase():
     assert mk('type: "BatchNorm"', phase="TRAIN").use_global_stats is False
     assert mk('type: "BatchNorm"', phase="TEST").use_global_stats is True

@@ -62,19 +62,29 @@ class BatchNorm(Layer):
             f = torch.where(s == 0, torch.zeros_like(s), 1 / s)
             mean, var = self.mean.to(x.dtype) * f, self.variance.to(x.dtype) * f
         else:
+            m = x.numel() // x.shape[1]
             dims = [0, *range(2, x.dim())]
-            mean = x.mean(dim=dims)
+            if m > 1 and self.p.eps > 0:   # the same formula, ATen's fused kernels: one autograd node, not seven
+                # momentum 1 leaves this batch's mean and unbiased variance (Caffe's m / (m - 1) correction) in
+                # the two scratch vectors
+                c = x.shape[1]
+                stats = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+                mean, unbiased = (torch.zeros(c, dtype=stats, device=x.device) for _ in range(2))
+                y = torch.nn.functional.batch_norm(x, mean, unbiased, training=True, momentum=1.0, eps=self.p.eps)
+                self._update(mean, unbiased)
+                return y
+            mean = x.mean(dim=dims)     # batch_norm refuses one value per channel and eps 0
             var = (x - mean.view(bshape)).square().mean(dim=dims)
-            self._update(mean.detach(), var.detach(), x.numel() // x.shape[1])
+            self._update(mean.detach(), var.detach() * (m / (m - 1) if m > 1 else 1.0))
         return (x - mean.view(bshape)) / torch.sqrt(var.view(bshape) + self.p.eps)
 
     @torch.no_grad()
-    def _update(self, mean, var, m):
+    def _update(self, mean, unbiased_var):
+        """Caffe's sums; unbiased_var = m / (m - 1) times the batch's biased variance (itself when m == 1)."""
         maf = self.p.moving_average_fraction
-        correction = m / (m - 1) if m > 1 else 1.0
         self.scale_factor.mul_(maf).add_(1)
         self.mean.mul_(maf).add_(mean.to(self.mean.dtype))
-        self.variance.mul_(maf).add_(var.to(self.variance.dtype), alpha=correction)
+        self.variance.mul_(maf).add_(unbiased_var.to(self.variance.dtype))
 
 
 def _operand_axis(layer: Layer, bottom_shapes, what: str):
