@@ -109,3 +109,106 @@ def test_param_and_type_errors():
         make_layer('name: "l" type: "L1Los" bottom: "a" bottom: "b" top: "l"', bottom_shapes=[(2, 3), (2, 3)])
     with pytest.raises(NetError, match="takes 2 to 3 bottom"):
         l1([(2, 3)] * 4)
+
+
+# ---- HeatmapKLLoss ----------------------------------------------------------------------------------------------
+
+def kl(shape):
+    return make_layer('name: "kl" type: "HeatmapKLLoss" bottom: "p" bottom: "t" top: "loss"',
+                      bottom_shapes=[shape, shape])
+
+
+def np_kl(p, t):
+    """Loop reference: per sample and map, normalise the target, sum T (ln T - ln max(P, 1e-20)); / batch."""
+    n, k = p.shape[:2]
+    total = 0.0
+    for i in range(n):
+        for j in range(k):
+            tm = t[i, j].astype(np.float64).ravel()
+            if tm.sum() == 0:
+                continue
+            tm = tm / tm.sum()
+            for tv, pv in zip(tm, p[i, j].astype(np.float64).ravel()):
+                if tv > 0:
+                    total += tv * (np.log(tv) - np.log(max(pv, 1e-20)))
+    return total / n
+
+
+def softmax_maps(n, k, h, w, dtype=torch.float64):
+    return torch.softmax(torch.randn(n, k, h * w, dtype=dtype) * 2, dim=2).reshape(n, k, h, w)
+
+
+def test_kl_value_matches_loop_and_is_zero_at_the_target():
+    p, t = softmax_maps(3, 4, 5, 6), torch.rand(3, 4, 5, 6, dtype=torch.float64) * 7
+    t[0, 1, 2, 3] = 0.0                                       # a zero target pixel: 0 ln 0 = 0
+    layer = kl((3, 4, 5, 6)).double()
+    assert layer(p, t).item() == pytest.approx(np_kl(p.numpy(), t.numpy()), rel=1e-10)
+    assert layer(p, t).item() > 0
+    target = t / t.sum(dim=(2, 3), keepdim=True)
+    assert abs(layer(target, t).item()) < 1e-12              # P = the normalised target: KL 0
+    # worked number: T = (0.75, 0.25), P = (0.5, 0.5): 0.75 ln 1.5 + 0.25 ln 0.5
+    two = kl((1, 1, 1, 2))(torch.tensor([[[[0.5, 0.5]]]]), torch.tensor([[[[3.0, 1.0]]]]))
+    assert two.item() == pytest.approx(0.75 * np.log(1.5) + 0.25 * np.log(0.5), rel=1e-6)
+
+
+def test_kl_zero_target_map_and_zero_probability_stay_finite():
+    p, t = softmax_maps(2, 3, 4, 4), torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    t[1, 2] = 0.0                                             # a joint whose Gaussian underflowed
+    p[0, 0] = 0.0
+    p[0, 0, 1, 1] = 1.0                                       # all mass on one pixel: ln 0 elsewhere floored
+    p.requires_grad_()
+    loss = kl((2, 3, 4, 4)).double()(p, t)
+    assert loss.item() == pytest.approx(np_kl(p.detach().numpy(), t.numpy()), rel=1e-10)
+    loss.backward()
+    assert torch.isfinite(p.grad).all()
+    assert (p.grad[1, 2] == 0).all()                          # the all-zero map adds nothing
+    # where P > 1e-20 the gradient is -T / P / N
+    tn = t[0, 1] / t[0, 1].sum()
+    np.testing.assert_allclose(p.grad[0, 1].numpy(), (-tn / p.detach()[0, 1] / 2).numpy(), rtol=1e-10)
+
+
+def test_kl_gradcheck_and_float32():
+    layer = kl((2, 2, 3, 3)).double()
+    p = softmax_maps(2, 2, 3, 3).requires_grad_()
+    t = torch.rand(2, 2, 3, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: layer(x, t), (p,))
+    assert kl((2, 2, 3, 3))(p.detach().float(), t.float()).dtype == torch.float32
+
+
+def test_kl_pulls_softmax_maps_to_one_peak():
+    """DSNT's point: an L1 loss on the soft-argmax alone is met by two peaks either side of the joint; adding
+    the KL term toward a Gaussian at the joint moves the mass onto one peak there."""
+    net_text = ('name: "n" input: "logits" input_shape { dim: 1 dim: 1 dim: 16 dim: 16 } '
+                'input: "uv" input_shape { dim: 1 dim: 2 } '
+                'layer { name: "sa" type: "SoftArgmax" bottom: "logits" top: "hn" top: "pred" '
+                '        soft_argmax_param { normalization: SOFTMAX } } '
+                'layer { name: "gt" type: "GenHeatmap" bottom: "uv" top: "target" '
+                '        gen_heatmap_param { gen_size: 16 render_sigma: 0.0625 } } '
+                'layer { name: "kl" type: "HeatmapKLLoss" bottom: "hn" bottom: "target" top: "kl" } ')
+    net = Net(net_text, phase="TRAIN", device="cpu")
+    uv = torch.tensor([[0.5, 0.5]])                           # the joint at pixel (8, 8)
+    logits = torch.full((1, 1, 16, 16), -10.0)
+    logits[0, 0, 8, 3] = logits[0, 0, 8, 13] = 10.0          # two peaks whose mean is the joint
+    out = net.forward(logits=logits, uv=uv)
+    assert out["pred"].flatten().tolist() == pytest.approx([0.5, 0.5], abs=1e-6)   # L1 would be 0 here
+    assert out["kl"].item() > 5
+    x = logits.clone().requires_grad_()
+    opt = torch.optim.Adam([x], lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        loss = net.forward(logits=x, uv=uv)["kl"]
+        loss.backward()
+        opt.step()
+    net.forward(logits=x.detach(), uv=uv)
+    hn = net.blobs["hn"].data[0, 0]
+    assert loss.item() < 0.05
+    assert hn.argmax().item() == 8 * 16 + 8 and hn[8, 3] < 1e-3 and hn[8, 13] < 1e-3
+
+
+@pytest.mark.parametrize("shapes,message", [
+    ([(2, 21, 8, 8), (2, 21, 8, 4)], "target.*must have the heatmaps' shape"),
+    ([(2, 42), (2, 42)], r"must be \(N, K, H, W\)"),
+])
+def test_kl_shape_errors(shapes, message):
+    with pytest.raises(NetError, match=message):
+        make_layer('name: "kl" type: "HeatmapKLLoss" bottom: "p" bottom: "t" top: "loss"', bottom_shapes=shapes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from layers.base import Layer
 from layers.registry import register_layer
 
@@ -56,3 +58,55 @@ class L1Loss(Layer):
             w = weights.detach().to(d.dtype).reshape(n, -1)
             d = (d.reshape(n, w.shape[1], -1) * w.unsqueeze(-1)).reshape(n, -1)
         return d.sum() / n
+
+
+LOG_FLOOR = 1e-20     # Caffe's kLOG_THRESHOLD (MultinomialLogisticLoss): log(max(p, 1e-20)) stays finite
+
+
+@register_layer("HeatmapKLLoss")
+class HeatmapKLLoss(Layer):
+    """loss = sum_{n,k} KL(T_nk || P_nk) / N = sum_{n,k,p} T_nkp (log T_nkp - log max(P_nkp, 1e-20)) / N, with
+    T_nk = target_nk / sum_p target_nkp (each target map normalised to sum 1; 0 log 0 = 0).
+
+    Pulls a normalised heatmap toward a target distribution, e.g. SoftArgmax's softmax maps toward GenHeatmap's
+    Gaussians at the ground truth: the regulariser of Nibali et al. 2018 (DSNT), KL instead of their
+    Jensen-Shannon. The soft-argmax L1 loss alone constrains only each map's expectation, so a map can put its
+    mass on several separated peaks (or the dot grid of stride-2 deconvolutions) around the joint; this term
+    makes it one peak of the target's width.
+    Bottoms: heatmaps P (N, K, H, W), each map summing to 1 (SoftArgmax's first top); target (N, K, H, W),
+    non-negative; a map that is all zero (a joint so far outside the crop that its Gaussian underflows) adds
+    nothing. Tops: loss (0-d). Params: none.
+    Gradients flow to P only (-T / P / N where P > 1e-20); the target is a constant, like a label.
+
+    Examples::
+
+        >>> import torch
+        >>> from layers.build import make_layer
+        >>> kl = make_layer('type: "HeatmapKLLoss" bottom: "p" bottom: "t" top: "loss"',
+        ...                 bottom_shapes=[(1, 1, 1, 2), (1, 1, 1, 2)])
+        >>> t = torch.tensor([[[[3.0, 1.0]]]])          # normalised: (0.75, 0.25)
+        >>> round(kl(torch.tensor([[[[0.5, 0.5]]]]), t).item(), 6)   # 0.75 ln 1.5 + 0.25 ln 0.5
+        0.130812
+        >>> kl(t / 4, t).item()
+        0.0
+    """
+    num_bottoms = 2
+    is_loss = True
+
+    def setup(self, bottom_shapes):
+        p, t = bottom_shapes
+        if len(p) != 4:
+            raise self.error(f"bottom 0 (heatmaps) must be (N, K, H, W); got shape {p}")
+        if tuple(t) != tuple(p):
+            raise self.error(f"bottom 1 (target) must have the heatmaps' shape {p}; got {t}")
+
+    def forward(self, heatmaps, target):
+        n = heatmaps.shape[0]
+        t = target.detach().to(torch.float32 if heatmaps.dtype in (torch.float16, torch.bfloat16)
+                                else heatmaps.dtype).flatten(2)
+        total = t.sum(dim=2, keepdim=True)
+        t = t / torch.where(total > 0, total, torch.ones_like(total))    # an all-zero map stays zero
+        p = heatmaps.to(t.dtype).flatten(2)
+        log_ratio = torch.where(t > 0, t.clamp_min(LOG_FLOOR).log(), torch.zeros_like(t)) \
+            - p.clamp_min(LOG_FLOOR).log()
+        return (t * log_ratio).sum() / n
