@@ -236,6 +236,84 @@ def test_left_hand_is_the_mirror_image_of_the_right_hand(samples):
         assert chirality(a["xyz"][:21]) == -1 and chirality(a["xyz"][21:]) == 1
 
 
+
+def test_palmar_normals_are_perpendicular_to_their_bones_and_point_the_way_fingers_flex():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        p = S.sample_hand_params(rng)
+        for left in (False, True):
+            pts, normals = S.hand_geometry(p, left)
+            np.testing.assert_array_equal(pts, S.hand_model(p, left))
+            np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-12)
+            bones = np.array([pts[a] - pts[b] for a, b in skeleton.BONES])
+            phalanges = np.arange(20) % 4 != 3
+            np.testing.assert_allclose(np.sum(bones * normals, axis=1)[phalanges], 0.0, atol=1e-12)
+            np.testing.assert_array_equal(normals[~phalanges], [[0.0, 0.0, 1.0]] * 5)   # the palm faces +z
+            for f in range(5):                           # the next phalanx turns toward the normal by its flexion
+                b = 1 + 4 * f
+                seg = np.diff(pts[[b + 3, b + 2, b + 1, b]], axis=0)     # MCP->PIP, PIP->DIP, DIP->tip
+                seg /= np.linalg.norm(seg, axis=1, keepdims=True)
+                for k, bone in ((0, 4 * f + 2), (1, 4 * f + 1)):
+                    flex = p.flex[f, k + 1]
+                    np.testing.assert_allclose(seg[k + 1] @ normals[bone], np.sin(np.radians(flex)), atol=1e-9)
+        flat = S.HandParams(**{**p.__dict__, "flex": np.zeros((5, 3)), "cup": 0.0})   # a flat palm
+        _, n = S.hand_geometry(flat)
+        np.testing.assert_allclose(n[4:], np.tile([0.0, 0.0, 1.0], (16, 1)), atol=1e-12)   # fingers 1-4
+
+
+def test_palms_render_pinker_than_backs_and_nails_only_on_backs(monkeypatch):
+    """What tells a palm-on view from the mirror-image back-on view of the other hand (same silhouette, depths
+    negated). Each image is rendered twice, with the cues and without (same random numbers, so the same noise):
+    on a palm seen from its back every colour is BACK_DARKNESS times the plain one; on a palm seen from the
+    front the plain skin is blended half-way to _PALM_BGR, so 2 * cued - plain is _PALM_BGR times the shading;
+    nails (pixels that got brighter) appear on the fingertips of back-on hands only."""
+    def render(image_id, colours=True, nails=True):
+        with monkeypatch.context() as m:
+            if not colours:
+                m.setattr(S, "PALM_PALENESS", 0.0)
+                m.setattr(S, "BACK_DARKNESS", 1.0)
+            if not nails:
+                m.setattr(S, "NAIL_SPAN", (2.0, 3.0))
+            return S.render_sample(7, image_id, "training")
+    seen = {True: 0, False: 0}
+    nails = {True: 0, False: 0}
+    for image_id in range(40):
+        cued, mask, _, a = render(image_id)
+        no_nails = render(image_id, nails=False)[0].astype(np.float64)
+        plain, plain_mask = render(image_id, colours=False, nails=False)[:2]
+        np.testing.assert_array_equal(mask, plain_mask)
+        cued, plain = cued.astype(np.float64), plain.astype(np.float64)
+        for h in range(2):
+            xyz = a["xyz"][21 * h:21 * h + 21]
+            cross = np.cross(xyz[8] - xyz[0], xyz[20] - xyz[0])
+            palm_normal = cross / np.linalg.norm(cross) * (-1 if h == 0 else 1)      # left hands are mirrored
+            facing = palm_normal @ (-xyz[0] / np.linalg.norm(xyz[0]))
+            base = 2 if h == 0 else 18
+            inner = cv2.erode((mask == base + 15).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            # nails: on straight fingers 1-4 (whose fingertips face as the palm does), on back-on hands only
+            straight = [f for f in range(1, 5) if _unit(xyz[1 + 4 * f] - xyz[2 + 4 * f]) @
+                        _unit(xyz[3 + 4 * f] - xyz[4 + 4 * f]) > np.cos(np.radians(20))]
+            tips = np.isin(mask, [base + 3 * f for f in straight])
+            if abs(facing) >= 0.5:
+                nails[facing > 0] += np.count_nonzero(tips & (np.abs(cued - no_nails).sum(axis=2) > 40))
+            if abs(facing) < 0.7 or inner.sum() < 40 or plain[inner].max() >= 255:
+                continue
+            seen[facing > 0] += 1
+            if facing > 0:
+                pink = (2 * cued[inner] - plain[inner]).mean(axis=0)
+                np.testing.assert_allclose(pink / np.linalg.norm(pink), S._PALM_BGR / np.linalg.norm(S._PALM_BGR),
+                                           atol=0.03)
+            else:
+                np.testing.assert_allclose(cued[inner].mean(axis=0) / plain[inner].mean(axis=0), S.BACK_DARKNESS,
+                                           atol=0.03)
+    assert seen[True] >= 5 and seen[False] >= 3
+    assert nails[False] > 30 and nails[True] < nails[False] / 50      # (a pixel where a tip turns sideways)
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
 # ---- placement: distances, unusable hands ---------------------------------------------------------------------
 
 def test_wrist_distance_and_the_unusable_hands(samples):

@@ -129,6 +129,13 @@ def _mirror(points: np.ndarray, left: bool) -> np.ndarray:
 
 def hand_model(params: HandParams, left: bool = False) -> np.ndarray:
     """(21, 3) keypoints in the hand frame (metres, RHD order); left = mirror image of the right hand."""
+    return hand_geometry(params, left)[0]
+
+
+def hand_geometry(params: HandParams, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """hand_model's keypoints and (20, 3) unit palmar normals per bone (skeleton.BONES order): the side of each
+    phalanx a finger flexes toward, the palm's normal (+z) for the metacarpal bones. The renderer colours the
+    palmar side paler than the back and puts nails on the back of the fingertips, as on real hands."""
     lengths = params.bone_lengths().reshape(5, 4)   # per finger: tip-DIP, DIP-PIP, PIP-MCP, MCP-wrist
     az = _MCP_AZIMUTH.copy()
     az[0] += np.radians(params.thumb_abduction) - np.radians(20.0)
@@ -156,11 +163,14 @@ def hand_model(params: HandParams, left: bool = False) -> np.ndarray:
     seg_dir = np.cos(phi) * fwd[:, None, :] + np.sin(phi) * n[:, None, :]   # segments from the MCP outward
     seg = seg_dir * lengths[:, [2, 1, 0], None]                    # PIP-MCP, DIP-PIP, tip-DIP
     chain = mcp[:, None, :] + np.cumsum(seg, axis=1)               # (5, 3, 3): PIP, DIP, tip
+    palmar = -np.sin(phi) * fwd[:, None, :] + np.cos(phi) * n[:, None, :]   # d seg_dir / d phi
     out = np.zeros((21, 3))
+    normals = np.zeros((5, 4, 3))
     for fi in range(5):
         b = 1 + 4 * fi
         out[b:b + 4] = [chain[fi, 2], chain[fi, 1], chain[fi, 0], mcp[fi]]
-    return _mirror(out, left)
+        normals[fi] = [palmar[fi, 2], palmar[fi, 1], palmar[fi, 0], (0.0, 0.0, 1.0)]
+    return _mirror(out, left), _mirror(_unit(normals.reshape(20, 3)), left)
 
 
 def _extra_points(params: HandParams, left: bool) -> np.ndarray:
@@ -286,14 +296,17 @@ class _Canvas:
         return x0, y0, x1, y1
 
     def paint(self, box, cov, rgb, lum, z, label, pid):
+        """rgb: one colour (3,) or one per pixel of the box (h, w, 3)."""
         x0, y0, x1, y1 = box
-        self.color[y0:y1, x0:x1][cov] = lum[cov][:, None] * rgb
+        rgb = np.asarray(rgb)
+        self.color[y0:y1, x0:x1][cov] = lum[cov][:, None] * (rgb[cov] if rgb.ndim == 3 else rgb)
         self.depth[y0:y1, x0:x1][cov] = z[cov]
         self.mask[y0:y1, x0:x1][cov] = label
         self.ids[y0:y1, x0:x1][cov] = pid
 
-    def capsule(self, a, b, ra, rb, za, zb, rgb, shade, label):
-        """Segment a-b (pixels) with radius ra..rb; depth 1/Z interpolated along the axis."""
+    def capsule(self, a, b, ra, rb, za, zb, rgb, shade, label, nail=0.0):
+        """Segment a-b (pixels) with radius ra..rb; depth 1/Z interpolated along the axis. nail > 0: a nail of
+        that strength on the axis from t = NAIL_SPAN[0] to NAIL_SPAN[1] (a = the fingertip)."""
         box = self.roi(np.minimum(a, b) - max(ra, rb), np.maximum(a, b) + max(ra, rb))
         if box is None:
             return
@@ -310,6 +323,10 @@ class _Canvas:
             return
         z = np.broadcast_to(1.0 / ((1.0 - t) / za + t / zb), d2.shape)
         lum = (0.55 + 0.45 * np.sqrt(np.clip(1.0 - d2 / r2, 0.0, 1.0))) * shade(z)
+        rgb = np.broadcast_to(np.asarray(rgb, np.float64), d2.shape + (3,))
+        if nail > 0:
+            on = (t >= NAIL_SPAN[0]) & (t <= NAIL_SPAN[1]) & (d2 <= (NAIL_WIDTH ** 2) * r2)
+            rgb = np.where(on[..., None], (1 - nail) * rgb + nail * _NAIL_BGR, rgb)
         self.paint(box, cov, rgb, lum, z, label, -1)
 
     def disc(self, c, r, z, rgb, shade, label, pid):
@@ -377,6 +394,14 @@ def _background(rng):
     return color, depth
 
 
+# The palmar side: the skin blended toward a pale pink (palms are paler than backs, most of all on dark skin);
+# nails on the back of the distal phalanges.
+_PALM_BGR = np.array([150.0, 165.0, 250.0])
+PALM_PALENESS = 0.5
+BACK_DARKNESS = 0.85
+_NAIL_BGR = np.array([220.0, 228.0, 250.0])
+NAIL_SPAN = (0.05, 0.8)        # along the distal phalanx from the tip
+NAIL_WIDTH = 0.85              # of the phalanx's radius
 _SKIN_BGR = np.array([[175, 200, 240], [140, 175, 225], [110, 150, 205], [80, 115, 170], [55, 80, 125]])
 
 
@@ -399,10 +424,12 @@ def render_sample(seed_or_rng, image_id: int, split: str = "training"):
     for hand in order:
         params = sample_hand_params(rng)
         left = hand == 0
-        points_h = np.vstack([hand_model(params, left), _extra_points(params, left)])
+        keypoints_h, palmar_h = hand_geometry(params, left)
+        points_h = np.vstack([keypoints_h, _extra_points(params, left)])
         other = boxes[1 - hand]
-        pts, boxes[hand] = _place(rng, points_h, random_rotation(rng), K, kinds[hand], other)
-        hands.append((hand, params, pts))
+        R = random_rotation(rng)
+        pts, boxes[hand] = _place(rng, points_h, R, K, kinds[hand], other)
+        hands.append((hand, params, pts, palmar_h @ R.T))
     hands.sort(key=lambda h: h[0])
     xyz = np.vstack([h[2][:21] for h in hands])
     uv = project(xyz, K)
@@ -414,7 +441,7 @@ def render_sample(seed_or_rng, image_id: int, split: str = "training"):
     f = K[0, 0]
 
     # Forearms first (the person region behind the hands): a capsule from the wrist to the elbow.
-    for hand, params, pts in hands:
+    for hand, params, pts, _ in hands:
         wrist, elbow = pts[0], pts[23]
         if elbow[2] < 0.1:   # keep the elbow in front of the camera: shorten the forearm toward it
             elbow = wrist + (elbow - wrist) * (wrist[2] - 0.1) / (wrist[2] - elbow[2])
@@ -426,7 +453,7 @@ def render_sample(seed_or_rng, image_id: int, split: str = "training"):
     # Hand primitives, sorted far to near: a bone's key is its far end, so the discs of its joints (key =
     # their own depth, drawn after bones on ties) always come after it.
     prims = []
-    for hand, params, pts in hands:
+    for hand, params, pts, palmar in hands:
         base = 2 if hand == 0 else 18
         kp = pts[:21]
         kuv = project(kp, K)
@@ -436,27 +463,35 @@ def render_sample(seed_or_rng, image_id: int, split: str = "training"):
         def shade(z, near=near, light=light):
             return light * np.clip(1.0 - 2.0 * (z - near), 0.6, 1.0)
         rgb = np.clip(skin + rng.uniform(-8, 8, 3), 0, 255)
+        palm_rgb = (1 - PALM_PALENESS) * rgb + PALM_PALENESS * _PALM_BGR
+        back_rgb = BACK_DARKNESS * rgb
+        # How much of each bone's palmar side faces the camera (-1 its back .. 1 its palm side), at its middle.
+        mid = 0.5 * (kp[[a for a, _ in skeleton.BONES]] + kp[[b for _, b in skeleton.BONES]])
+        facing = np.einsum("ij,ij->i", palmar, -mid / np.linalg.norm(mid, axis=1, keepdims=True))
+        palm_w = np.clip(0.5 + 1.5 * facing, 0.0, 1.0)[:, None]
+        bone_rgb = (1 - palm_w) * back_rgb + palm_w * palm_rgb
+        nails = np.clip(-2.5 * facing - 0.1, 0.0, 0.9)     # the back of a distal phalanx in view
         radii = _RADII * params.scale
         palm_idx = [0, 4, 8, 12, 16, 20]
         palm_pts = np.vstack([kp[palm_idx], pts[21:23]])   # + the wrist's corners
         prims.append((palm_pts[:, 2].max(), 0, "polygon",
-                      (project(palm_pts, K), palm_pts[:, 2], rgb, shade, base + _PALM)))
+                      (project(palm_pts, K), palm_pts[:, 2], bone_rgb[7], shade, base + _PALM)))
         for j, (a, b) in enumerate(skeleton.BONES):
             fi, seg = divmod(j, 4)
             r = radii[fi, seg]
             label = base + (_PALM if seg == 3 else 3 * fi + seg)
             prims.append((max(kp[a, 2], kp[b, 2]), 0, "capsule",
                           (kuv[a], kuv[b], f * r / kp[a, 2], f * r / kp[b, 2], kp[a, 2], kp[b, 2],
-                           rgb, shade, label)))
+                           bone_rgb[j], shade, label, nails[j] if seg == 0 else 0.0)))
         for k in range(21):
             if k == 0:
-                r, label = _WRIST_RADIUS * params.scale, base + _PALM
+                r, label, disc_rgb = _WRIST_RADIUS * params.scale, base + _PALM, bone_rgb[7]
             else:
                 fi, j = divmod(k - 1, 4)
                 seg = max(j - 1, 0)          # tip and DIP -> distal, PIP -> middle, MCP -> proximal
-                r, label = radii[fi, seg], base + 3 * fi + seg
+                r, label, disc_rgb = radii[fi, seg], base + 3 * fi + seg, bone_rgb[4 * fi + seg]
             prims.append((kp[k, 2], 1, "disc",
-                          (kuv[k], f * r / kp[k, 2], kp[k, 2], rgb, shade, label, 21 * hand + k)))
+                          (kuv[k], f * r / kp[k, 2], kp[k, 2], disc_rgb, shade, label, 21 * hand + k)))
     prims.sort(key=lambda p: (-p[0], p[1]))
     for _, _, kind, args in prims:
         getattr(canvas, kind)(*args)
