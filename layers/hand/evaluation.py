@@ -25,6 +25,7 @@ import torch
 from layers.hand import metrics
 from layers.hand.index import ReadIndexFromFile
 from layers.hand.latent import DeepHandModelNumericalCoordinateRegression, SoftArgmax
+from layers.hand.mirror import HandMirror
 from layers.hand.readers import ReadImage, ReadJoint2D, ReadJoint3D, ReadVisibility
 from layers.hand.reconstruct import ROOT_CLAMPED, ROOT_STATUS_NAMES, CropToImage, Reconstruct3D, RootDepth
 from netdef.errors import NetError
@@ -118,7 +119,9 @@ def find_roles(net, given: dict[str, str | None] | None = None) -> dict[str, str
                                    from RootDepth's bottoms, so it needs only the layer)
       pred_2d_crop, gt_2d_crop     the crop-unit bottoms of the CropToImage layers that give pred_2d and gt_2d
       heatmaps                     the SoftArgmax (or DeepHandModelNumericalCoordinateRegression) that gives
-                                   pred_2d_crop: its normalised maps
+                                   pred_2d_crop: its normalised maps; where a HandMirror gives pred_2d_crop from
+                                   the SoftArgmax's 2D (a net that sees left hands mirrored), the HandMirror of
+                                   those maps with the same flag (the maps in the original crop)
       image                        the ReadImage top (the crop, 0..255)
     """
     given = {k: v for k, v in (given or {}).items() if v}
@@ -165,6 +168,13 @@ def find_roles(net, given: dict[str, str | None] | None = None) -> dict[str, str
             roles[crop_role] = st.bottoms[0]
     if "heatmaps" not in given and roles["pred_2d_crop"]:
         st = _producer(net, roles["pred_2d_crop"])
+        if st is not None and isinstance(net.layers[st.key], HandMirror):   # a net that saw mirrored hands
+            flag = st.bottoms[1]
+            st = _producer(net, st.bottoms[0])
+            if st is not None and isinstance(net.layers[st.key], SoftArgmax):
+                back = [m.tops[0] for m in _steps(net, HandMirror) if list(m.bottoms[:2]) == [st.tops[0], flag]]
+                roles["heatmaps"] = back[0] if back else None     # the maps in the original crop, or none
+                st = None
         if st is not None and isinstance(net.layers[st.key], SoftArgmax):
             roles["heatmaps"] = st.tops[0]
         elif st is not None and isinstance(net.layers[st.key], DeepHandModelNumericalCoordinateRegression):

@@ -444,6 +444,23 @@ class ReadVisibility(_RhdReader):
         return f.rows("gt_vis", uniq).reshape(len(uniq), NUM_JOINTS)
 
 
+@register_layer("ReadHandSide")
+class ReadHandSide(_RhdReader):
+    """The side of each sample's hand, top[b] = 1 for a left hand, 0 for a right hand (HandMirror's flag).
+
+    Reads is_left_hand_or_not/<idx>.txt, or packed is_left.
+    Bottoms: index (B, 1).  Tops: is_left (B, 1).
+    Params (rhd_data_param): root (required), split = "training", packed = false.
+    """
+    sample_shape = (1,)
+
+    def read_text(self, uniq):
+        return self.text_rows(uniq, "is_left_hand_or_not", 1, integer=True)
+
+    def read_packed(self, f, uniq):
+        return f.rows("is_left", uniq).reshape(len(uniq), 1)
+
+
 @register_layer("ReadBlobFromFileIndexing")
 class ReadBlobFromFileIndexing(_Reader):
     """The author's per-sample text reader: top[b] = the num_to_read numbers of file_prefix + idx + ".txt"
