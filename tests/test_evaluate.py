@@ -150,7 +150,8 @@ def test_weights_that_match_some_layers_name_those_left_at_their_fillers(data, t
 def test_shipped_test_net_needs_no_blob_names_and_draws_k_debug_images(data, tmp_path, capsys):
     _, root, truth, _, _ = data
     net_path = tmp_path / "synth_small_test.prototxt"
-    net_path.write_text(prototxt_for(SYNTH_SMALL_TEST, root, **{"batch_size: 50": "batch_size: 8"}))
+    net_path.write_text(prototxt_for(SYNTH_SMALL_TEST, root, **{"batch_size: 50": "batch_size: 8",
+                                                                "packed: true": "packed: false"}))
     out = tmp_path / "eval"
     code, text, err = run([str(net_path), "--random-init", "--out", str(out), "--debug-images", "3"], capsys)
     assert code == 0, err
@@ -159,7 +160,8 @@ def test_shipped_test_net_needs_no_blob_names_and_draws_k_debug_images(data, tmp
     net.close()
     assert roles == {"pred_2d": "pred_2d_px", "gt_2d": "gt_2d_px", "pred_3d": "pred_3d", "gt_3d": "joint_3d",
                      "visibility": "vis", "ambiguous": "ambiguous", "clamped": "root_clamped", "image": "image",
-                     "pred_2d_crop": "pred_2d", "gt_2d_crop": "joint_2d", "heatmaps": "heatmap_norm"}
+                     "pred_2d_crop": "pred_2d", "gt_2d_crop": "joint_2d", "heatmaps": "heatmap_view"}
+    # the net sees left hands mirrored: the pictures take its maps mirrored back (HandMirror of heatmap_norm)
     first = truth["index_list"][:3]
     assert sorted(p for p in os.listdir(out) if p.endswith(".png") and p != "pck.png") == sorted(
         [f"heatmaps_{i}.png" for i in first] + [f"skeleton_{i}.png" for i in first])

@@ -206,8 +206,9 @@ def test_rhd_deploy_net_on_real_samples(tmp_path, rhd_test_net):
     b = rhd_test_net.blobs
     fx, fy, u0, v0 = b["intrinsics"].unbind(1)
     zero, one = torch.zeros_like(fx), torch.ones_like(fx)
-    real = {"image": b["image"], "bbox": b["bbox"], "avg_bone": b["avg_bone"],
+    real = {"image": b["image"], "bbox": b["bbox"], "avg_bone": b["avg_bone"], "is_left": b["is_left"],
             "K": torch.stack([fx, zero, u0, zero, fy, v0, zero, zero, one], 1)}
+    assert 0 < b["is_left"][:5].sum() < 5       # both sides in the first five: HandMirror's where and flip export
     assert set(real) == set(report.inputs)
     sess = session(path)
     for batch in (1, 5):

@@ -82,7 +82,8 @@ def test_deploy_nets_have_the_documented_inputs_and_outputs():
     for name in ("synth_small", "latent25d", "heatmap25d"):
         net = Net(os.path.join(ROOT, "prototxt", f"rhd_{name}_deploy.prototxt"), phase="TEST", device="cpu")
         s = 64 if name == "synth_small" else 128
-        assert net.inputs == {"image": (1, 3, s, s), "bbox": (1, 4), "K": (1, 9), "avg_bone": (1, 20)}
+        side = {"is_left": (1, 1)} if name == "synth_small" else {}     # synth_small mirrors left hands itself
+        assert net.inputs == {"image": (1, 3, s, s), "bbox": (1, 4), "K": (1, 9), "avg_bone": (1, 20), **side}
         assert net.outputs == ["joints_2d", "joints_3d", "joints_3d_rel", "root_status"]
         types = [st.definition.type for st in net.plan]
         assert "L1Loss" not in types and not any(t.startswith("Read") for t in types)
@@ -99,7 +100,7 @@ def test_deploy_net_reads_fx_fy_u0_v0_from_row_major_k_and_subtracts_the_wrist(s
     rng = np.random.default_rng(0)
     feed = {"image": torch.tensor(rng.uniform(0, 255, (3, 3, 64, 64))),
             "bbox": torch.tensor([[10.0, 20.0, 89.0, 99.0]] * 3),
-            "avg_bone": torch.full((3, 20), 40.0, dtype=torch.float64)}
+            "avg_bone": torch.full((3, 20), 40.0, dtype=torch.float64), "is_left": torch.tensor([[1.0], [0.0], [1.0]])}
     k = torch.tensor([[280.0, 0.0, 150.0, 0.0, 300.0, 170.0, 0.0, 0.0, 1.0]] * 3, dtype=torch.float64)
     with torch.no_grad():
         out = net.forward(K=k, **feed)
@@ -207,6 +208,7 @@ def test_box_rules_and_default_camera(setup, tmp_path, capsys):
     assert image["K"] == [[181.25, 0.0, 100.0], [0.0, 181.25, 60.0], [0.0, 0.0, 1.0]]
     assert image["K_source"].startswith("default")
     assert "centre square [40, 0, 159, 119]" in out and "fx = fy = 181.25, cx = 100, cy = 60" in out
+    assert "hand 0: side not given, taken as a right hand" in out     # the net mirrors left hands: it must ask
     assert cv2.imread(str(tmp_path / "b" / image["skeleton"])).shape == (120, 200, 3)
 
 

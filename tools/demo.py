@@ -102,7 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-iter", type=int, help="override the solver's max_iter")
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--workers", type=int, default=None, help="data processes (default: min(2, cores))")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes that render and convert (default: one per core) and that read training batches "
+                         "(default: none; the net reads the packed file, faster in the training process)")
     from netdef.errors import add_debug_flag, run_tool
     add_debug_flag(ap)
     args = ap.parse_args(argv)
@@ -128,7 +130,8 @@ def run(args) -> int:
     log_path = os.path.join(out, "train.log")
     t0 = time.time()
     with open(log_path, "w") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
-        with Solver(solver_path, device=args.device, workers=args.workers) as solver:
+        readers = 0 if args.workers is None else args.workers
+        with Solver(solver_path, device=args.device, workers=readers) as solver:
             solver.solve()
             state = solver.last_snapshot        # <prefix>_iter_N.solverstate.h5, beside its weights
     train_s = time.time() - t0
@@ -138,7 +141,7 @@ def run(args) -> int:
     # the blobs of tools/make_rhd_nets.py's test nets
     names = {"pred_2d": "pred_2d_px", "gt_2d": "gt_2d_px", "pred_3d": "pred_3d", "gt_3d": "joint_3d",
              "visibility": "vis", "clamped": "root_clamped", "ambiguous": "ambiguous",
-             "image": "image", "pred_2d_crop": "pred_2d", "gt_2d_crop": "joint_2d", "heatmaps": "heatmap_norm"}
+             "image": "image", "pred_2d_crop": "pred_2d", "gt_2d_crop": "joint_2d"}   # heatmaps: find_roles'
     net = Net(os.path.join(out, os.path.basename(TEST_NET)), phase="TEST", device=args.device, workers=0)
     try:
         load_weights(net, weights_path)

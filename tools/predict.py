@@ -32,13 +32,16 @@ images are 320 x 320; the synthetic set draws its focal length in 280-300 px, RH
 the centre (W / 2, H / 2); printed and stored in the JSON. The 3D depends on it: absolute depth directly,
 root-relative shape slightly.
 
-Hands: the nets of tools/make_rhd_nets.py train on both hands of every RHD image as they are (the index lists
-hold idx = 2 * image_id + hand for hand 0 left and 1 right; the converter crops both without mirroring;
-is_left_hand_or_not is recorded, never used), so a left or right hand goes in unchanged and --hand only labels
-it in the JSON (default: boxes.json's "hand", else none). A net trained on one side (the author's nets exclude
-missing_left_new.txt and so see left hands only) takes --net-hand left: a right hand's crop is then mirrored
-(flipped left-right, its box mirrored about the principal point: x -> 2 cx - x), and the prediction mirrored
-back (u -> 2 cx - u, X -> -X); the JSON says "mirrored". The hand's side must then be known.
+Hands: the latent25d and heatmap25d nets of tools/make_rhd_nets.py train on both hands of every RHD image as
+they are (the index lists hold idx = 2 * image_id + hand for hand 0 left and 1 right; the converter crops both
+without mirroring), so a left or right hand goes in unchanged and --hand only labels it in the JSON (default:
+boxes.json's "hand", else none). A deploy net with an is_left input (synth_small: HandMirror mirrors left
+hands' crops inside the net, which sees right hands only, and mirrors its 2D output back) is fed each hand's
+side; a hand whose side is not given is taken as a right hand, and predict says so. A net trained on one side
+(the author's nets exclude missing_left_new.txt and so see left hands only) takes --net-hand left: a right
+hand's crop is then mirrored (flipped left-right, its box mirrored about the principal point: x -> 2 cx - x),
+and the prediction mirrored back (u -> 2 cx - u, X -> -X); the JSON says "mirrored". The hand's side must then
+be known (a net with an is_left input is told the side the mirrored hand shows).
 
 Bone lengths (ScaleRecovery's avg_bone, mm, which set the metric scale): --bones, else avg_bone.txt beside the
 weights, else data/rhd/training/all_hand/avg_bone.txt (the converter's default output: the training set's).
@@ -80,6 +83,7 @@ class Hand:
     side: str | None
     crop: tuple = ()
     mirrored: bool = False
+    side_seen: str | None = None   # the side the net is told (is_left): side, or --net-hand's where mirrored
     result: dict | None = None
     maps: object = None
     crop_pixels: object = None
@@ -350,8 +354,9 @@ def crop_of(hand: Hand, width: int, height: int, where: str) -> tuple[int, int, 
     return tuple(int(v) for v in crop)
 
 
-def prepare(item: Item, size: int, net_hand: str) -> list[tuple]:
-    """Read the image, choose each hand's crop; returns the net's input rows (image planes, bbox, K, mirror)."""
+def prepare(item: Item, size: int, net_hand: str, side_input: bool = False) -> list[tuple]:
+    """Read the image, choose each hand's crop; returns the net's input rows (image planes, bbox, K, hand).
+    side_input: the net takes each hand's side (an is_left input)."""
     import numpy as np
     from layers.hand.readers import decode_image, resize_square
     from layers.hand.rhd.convert import crop_pixels
@@ -376,10 +381,14 @@ def prepare(item: Item, size: int, net_hand: str) -> list[tuple]:
             print(f"{item.path}: no box, using the centre square {list(hand.crop)} as the crop")
         pixels = crop_pixels(image, hand.crop)
         bbox = np.asarray(hand.crop, np.float64)
+        if side_input and hand.side is None and net_hand == "both":
+            print(f"{item.path} hand {j}: side not given, taken as a right hand (give --hand or \"hand\" in "
+                  f"boxes.json)")
         if net_hand != "both" and hand.side is None:
             raise NetError(f"{item.path} hand {j}: --net-hand {net_hand} needs each hand's side: give --hand or "
                            f"\"hand\" in boxes.json")
         hand.mirrored = net_hand != "both" and hand.side != net_hand
+        hand.side_seen = net_hand if hand.mirrored else hand.side
         if hand.mirrored:     # the crop of the image mirrored about x = cx
             pixels = pixels[:, ::-1]
             cx2 = 2 * k[0, 2]
@@ -404,6 +413,8 @@ def run_batch(net, rows, bones, heat_blob) -> None:
             "bbox": torch.from_numpy(np.stack([r[1] for r in rows])),
             "K": torch.from_numpy(np.stack([r[2] for r in rows])),
             "avg_bone": torch.from_numpy(np.tile(bones, (n, 1)))}
+    if "is_left" in net.inputs:     # the side the net sees: a hand predict mirrored has turned
+        feed["is_left"] = torch.tensor([[1.0 if r[3].side_seen == "left" else 0.0] for r in rows])
     with torch.no_grad():
         net.forward(**{k: v.to(dev) for k, v in feed.items()})
     b = net.blobs
@@ -548,7 +559,7 @@ def run(args) -> int:
                 finish(pending.pop(0), args.out, args.pictures)
                 bar.update(1)
         for item in items:
-            rows += prepare(item, size, args.net_hand)
+            rows += prepare(item, size, args.net_hand, "is_left" in net.inputs)
             pending.append(item)
             while len(rows) >= args.batch:
                 run_batch(net, rows[:args.batch], bones, heat_blob)
