@@ -250,16 +250,12 @@ def latent_readout(n: NetSpec, mirrored: bool = False, back: bool = True) -> Non
     sigmoid (so z01 stays in [0, 1]) read through the normalised heatmaps. mirrored: the net saw left hands
     mirrored (Config.mirror_left): its 2D output is pred_2d_net and, with back (test and deploy nets), mirrored
     back into pred_2d, while heatmap_view holds its maps in the original crop (for pictures)."""
-    if mirrored:
-        n.heatmap_norm, n.pred_2d_net = L.SoftArgmax(n.heatmap_logits, normalization=P.SoftArgmax.SOFTMAX,
-                                                     beta_filler=dict(type="constant", value=1), ntop=2)
-        if back:
-            n.pred_2d = L.HandMirror(n.pred_2d_net, n.is_left, n.bbox)
-            n.heatmap_view = L.HandMirror(n.heatmap_norm, n.is_left)
-            n.silence_view = L.Silence(n.heatmap_view, ntop=0)     # read by pictures, not a net output
-    else:
-        n.heatmap_norm, n.pred_2d = L.SoftArgmax(n.heatmap_logits, normalization=P.SoftArgmax.SOFTMAX,
-                                                 beta_filler=dict(type="constant", value=1), ntop=2)
+    n.heatmap_norm, n["pred_2d_net" if mirrored else "pred_2d"] = L.SoftArgmax(
+        n.heatmap_logits, normalization=P.SoftArgmax.SOFTMAX, beta_filler=dict(type="constant", value=1), ntop=2)
+    if mirrored and back:
+        n.pred_2d = L.HandMirror(n.pred_2d_net, n.is_left, n.bbox)
+        n.heatmap_view = L.HandMirror(n.heatmap_norm, n.is_left)
+        n.silence_view = L.Silence(n.heatmap_view, ntop=0)     # read by pictures, not a net output
     n.depth_sigmoid = L.Sigmoid(n.depth_logits)
     n.pred_zr = L.LatentDepth(n.heatmap_norm, n.depth_sigmoid, depth_lower_bound=DEPTH_LB,
                               depth_upper_bound=DEPTH_UB)

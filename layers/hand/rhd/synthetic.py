@@ -323,10 +323,9 @@ class _Canvas:
             return
         z = np.broadcast_to(1.0 / ((1.0 - t) / za + t / zb), d2.shape)
         lum = (0.55 + 0.45 * np.sqrt(np.clip(1.0 - d2 / r2, 0.0, 1.0))) * shade(z)
-        rgb = np.broadcast_to(np.asarray(rgb, np.float64), d2.shape + (3,))
-        if nail > 0:
+        if nail > 0:      # one colour per pixel only where a nail is drawn
             on = (t >= NAIL_SPAN[0]) & (t <= NAIL_SPAN[1]) & (d2 <= (NAIL_WIDTH ** 2) * r2)
-            rgb = np.where(on[..., None], (1 - nail) * rgb + nail * _NAIL_BGR, rgb)
+            rgb = np.where(np.broadcast_to(on, d2.shape)[..., None], (1 - nail) * rgb + nail * _NAIL_BGR, rgb)
         self.paint(box, cov, rgb, lum, z, label, -1)
 
     def disc(self, c, r, z, rgb, shade, label, pid):
