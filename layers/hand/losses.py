@@ -107,4 +107,7 @@ class HeatmapKLLoss(Layer):
         total = t.sum(dim=2, keepdim=True)
         t = t / torch.where(total > 0, total, torch.ones_like(total))    # an all-zero map stays zero
         p = heatmaps.to(t.dtype).flatten(2)
-        return (torch.xlogy(t, t) - t * p.clamp_min(LOG_FLOOR).log()).sum() / n     # xlogy: 0 log 0 = 0
+        # 0 log 0 = 0 by hand: torch.xlogy has no ONNX export
+        log_ratio = torch.where(t > 0, t.clamp_min(LOG_FLOOR).log(), torch.zeros_like(t)) \
+            - p.clamp_min(LOG_FLOOR).log()
+        return (t * log_ratio).sum() / n
