@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from layers.base import Layer, Shape, SourceLayer, as_tuple
+from layers.caffe.normalization import BatchNorm, Scale
 from layers.pycaffe import python_layer_class
 from layers.registry import get_layer_class
 from netdef.errors import NetError, NetWarning
@@ -28,7 +29,7 @@ from netdef.spec import LayerDef, NetDef, load_net_def
 from nets.accel import to_channels_last
 from nets.source import SourceStage
 
-__all__ = ["Net", "default_device"]
+__all__ = ["Net", "default_device", "fuse_scales"]
 
 
 def default_device(device=None) -> torch.device:
@@ -73,6 +74,7 @@ class Step:
     decay_mults: list[float] = field(default_factory=list)
     has_blobs: bool = False
     is_source: bool = False       # runs in the source stage (nets/source.py), ahead of the network
+    fused_scale: str = ""         # key of the in-place Scale layer this BatchNorm step also runs (fuse_scales)
 
 
 @dataclass
@@ -83,6 +85,39 @@ class ParamInfo:
     tensor: torch.Tensor
     lr_mult: float
     decay_mult: float
+
+
+def fuse_scales(steps: list[tuple[Step, list]], layers) -> list[tuple[Step, list]]:
+    """The run plan with each BatchNorm step that is directly followed by an in-place Scale of its top (Caffe's
+    BatchNorm + Scale idiom) made one step: BatchNorm.normalize with the Scale's gamma and beta, one ATen
+    batch_norm kernel instead of a normalisation, a product and a sum (forward and backward). The blobs, the
+    gradients and the BatchNorm statistics are those of the two layers run one after the other (up to rounding);
+    the Scale's top was the BatchNorm's top, overwritten in place, so no blob goes missing. Steps are (step,
+    weighted tops) pairs as Net._run_steps takes them; BatchNorm tops with a loss weight, a Scale with a second
+    bottom, another axis or propagate_down false, and subclasses stay as written."""
+    out: list[tuple[Step, list]] = []
+    i = 0
+    while i < len(steps):
+        step, weighted = steps[i]
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        if nxt is not None and _fusable(step, weighted, nxt[0], layers):
+            out.append((replace(step, fused_scale=nxt[0].key), nxt[1]))
+            i += 2
+            continue
+        out.append((step, weighted))
+        i += 1
+    return out
+
+
+def _fusable(bn: Step, bn_weighted: list, scale: Step, layers) -> bool:
+    bn_layer, scale_layer = layers[bn.key], layers[scale.key]
+    if type(bn_layer) is not BatchNorm or type(scale_layer) is not Scale or bn_weighted:
+        return False
+    if len(bn.tops) != 1 or scale.bottoms != bn.tops or scale.tops != scale.bottoms or not all(scale.propagate):
+        return False
+    gamma = getattr(scale_layer, "gamma", None)
+    channels = bn_layer.mean.shape[0]
+    return scale_layer.axis == 1 and gamma is not None and tuple(gamma.shape) == (channels,)
 
 
 class Net(nn.Module):
@@ -113,6 +148,9 @@ class Net(nn.Module):
         # the plans the layer loop runs: (step, [(top index, loss weight) of nonzero weight])
         self._network_steps = [(st, [(i, w) for i, w in enumerate(st.loss_weights) if w]) for st in self.plan
                                if not st.is_source and not self.layers[st.key].is_input]
+        # per-layer timings run the plan as written; the network itself with BatchNorm + Scale fused
+        self._layerwise_steps = self._network_steps
+        self._network_steps = fuse_scales(self._network_steps, self.layers)
         self._source_steps = [(st, []) for st in self.plan if st.is_source]
         self.device = default_device(device)
         self.source = None
@@ -301,7 +339,8 @@ class Net(nn.Module):
         if self._compiled is not None and _timings is None:
             blobs, loss = self._run_compiled(blobs)
         else:
-            loss = self._run_steps(self._network_steps, blobs, _timings)
+            loss = self._run_steps(self._network_steps if _timings is None else self._layerwise_steps, blobs,
+                                   _timings)
         self.blobs = blobs
         self.loss = loss
         return {name: blobs[name] for name in self.outputs}
@@ -359,7 +398,7 @@ class Net(nn.Module):
             if checked:
                 tops = self._call(step, bottoms)
             else:
-                tops = as_tuple(self.layers[step.key](*bottoms))
+                tops = self._invoke(step, bottoms)
             if timings is not None:
                 self._bill(timings, step, t0)
             blobs.update(zip(step.tops, tops))
@@ -372,7 +411,7 @@ class Net(nn.Module):
         """One layer on its bottoms; torch's errors become NetErrors."""
         layer = self.layers[step.key]
         try:
-            return as_tuple(layer(*bottoms))
+            return self._invoke(step, bottoms)
         except NetError:
             raise
         except Exception as e:   # noqa: BLE001 - torch's errors, and any error of a user's own layer
@@ -382,6 +421,13 @@ class Net(nn.Module):
             shown = ", ".join(f"{b} {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise NetError(f"{step.definition.where}: failed on bottoms {shown}: {detail}") from e
+
+    def _invoke(self, step: Step, bottoms: list[torch.Tensor]) -> tuple:
+        layer = self.layers[step.key]
+        if step.fused_scale:
+            scale = self.layers[step.fused_scale]
+            return (layer.normalize(bottoms[0], scale.gamma, scale.beta if scale.p.bias_term else None),)
+        return as_tuple(layer(*bottoms))
 
     def _bill(self, timings: dict, step: Step, t0: float) -> None:
         if self.device.type == "cuda":
@@ -453,6 +499,11 @@ class Net(nn.Module):
             if step.name == name:
                 return self.layers[step.key]
         raise KeyError(name)
+
+    @property
+    def fused_scales(self) -> list[tuple[str, str]]:
+        """(BatchNorm, Scale) layer names that forward runs as one step (fuse_scales)."""
+        return [(st.name, self.layers[st.fused_scale].name) for st, _ in self._network_steps if st.fused_scale]
 
     @property
     def layer_names(self) -> list[str]:

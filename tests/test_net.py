@@ -380,3 +380,72 @@ def test_double_net_casts_inputs_and_computes_in_float64():
     out = n.forward(x=torch.tensor([1, 2]))            # integer input: cast to the net's dtype
     assert out["y"].dtype == torch.float64
     assert n.float().forward(x=torch.ones(2, dtype=torch.float64))["y"].dtype == torch.float32
+
+
+BN_SCALE_NET = """
+    name: "bn_scale"
+    input: "data" input_shape { dim: 4 dim: 3 dim: 5 dim: 5 }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "gaussian" std: 0.5 } } }
+    layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+    layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"
+            scale_param { bias_term: BIAS filler { type: "uniform" min: 0.5 max: 2 }
+                          bias_filler { type: "uniform" min: -1 max: 1 } } }
+    layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+    layer { name: "bn2" type: "BatchNorm" bottom: "conv" top: "norm2" }
+    layer { name: "scale2" type: "Scale" bottom: "norm2" top: "scaled2" }
+"""
+
+
+def _run_bn_scale(n, x, layerwise: bool):
+    """Forward (fused steps, or layer by layer as per-layer timing runs it) and backward of a fixed weighting;
+    returns the output, the parameter gradients and the BatchNorm statistics."""
+    for p in n.parameters():
+        p.grad = None
+    bn = n.layer("bn")
+    if n.phase == "TEST":   # stored sums: mean (0, 0.5, ...), variance (0.5, 1, ...)
+        bn.mean[:], bn.variance[:], bn.scale_factor[:] = torch.arange(6.0), torch.arange(6.0) + 1, 2.0
+    else:
+        bn.mean.zero_(), bn.variance.zero_(), bn.scale_factor.zero_()
+    out = n.forward(_timings={} if layerwise else None, data=x)
+    y = out["conv"] if "conv" in out else n.blobs["conv"]
+    weighting = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    ((y * weighting).sum() + out["scaled2"].square().sum()).backward()
+    grads = {name: p.grad.clone() for name, p in n.named_parameters() if p.grad is not None}
+    return y.detach().clone(), grads, bn.mean.clone(), bn.variance.clone()
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+@pytest.mark.parametrize("bias", ["true", "false"])
+def test_batchnorm_then_in_place_scale_runs_fused_with_the_same_numbers(phase, bias):
+    n = net(BN_SCALE_NET.replace("BIAS", bias), phase=phase).double()
+    # only the in-place Scale joins its BatchNorm; scale2 writes a new blob (norm2 stays visible)
+    assert n.fused_scales == [("bn", "scale")]
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fused, layerwise = _run_bn_scale(n, x, False), _run_bn_scale(n, x, True)
+    torch.testing.assert_close(fused[0], layerwise[0], rtol=0, atol=1e-12)
+    assert fused[1].keys() == layerwise[1].keys() and len(fused[1]) == 4 + (bias == "true")
+    for name in fused[1]:
+        torch.testing.assert_close(fused[1][name], layerwise[1][name], rtol=0, atol=1e-12)
+    torch.testing.assert_close(fused[2], layerwise[2], rtol=0, atol=0)
+    torch.testing.assert_close(fused[3], layerwise[3], rtol=0, atol=0)
+    # and against the formula: TEST normalises with the stored sums / scale_factor
+    if phase == "TEST":
+        conv = torch.nn.functional.conv2d(x, n.params["conv"][0], n.params["conv"][1])
+        gamma = n.params["scale"][0].view(1, -1, 1, 1)
+        beta = n.params["scale"][1].view(1, -1, 1, 1) if bias == "true" else 0.0
+        mean, var = (torch.arange(6.0, dtype=torch.float64) / 2).view(1, -1, 1, 1), \
+            ((torch.arange(6.0, dtype=torch.float64) + 1) / 2).view(1, -1, 1, 1)
+        expected = torch.relu((conv - mean) / torch.sqrt(var + 1e-5) * gamma + beta)
+        torch.testing.assert_close(fused[0], expected, rtol=0, atol=1e-12)
+
+
+def test_scale_is_not_fused_where_the_plan_says_otherwise():
+    text = BN_SCALE_NET.replace("BIAS", "true")
+    no_grad = text.replace('top: "conv"\n            scale_param', 'top: "conv" propagate_down: false\n            scale_param')
+    assert net(no_grad).fused_scales == []
+    other_axis = text.replace("scale_param { bias_term: true", "scale_param { axis: 0 num_axes: 0 bias_term: true")
+    assert net(other_axis).fused_scales == []
+    weighted = text.replace('layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }',
+                            'layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" loss_weight: 1 }')
+    assert net(weighted).fused_scales == []

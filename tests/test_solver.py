@@ -243,6 +243,26 @@ def test_update_rule_matches_numpy_port(kind):
         assert np.abs(got).max() > 1e-4
 
 
+@pytest.mark.parametrize("kind", sorted(UPDATE_RULES))
+def test_update_many_equals_the_per_param_rule_bit_for_bit(kind):
+    """update_many (Adam: torch's _foreach ops) gives each param exactly the numbers of rule(g, h, rate, it)."""
+    p = SimpleNamespace(**{**dict(momentum=0.0, momentum2=0.999, delta=1e-8, rms_decay=0.99), **RULE_PARAMS[kind]})
+    rule = UPDATE_RULES[kind](p)
+    shapes, rates = [(3, 4), (5,), (2, 1, 3)], [0.1, 0.2, 0.0]
+    gen = torch.Generator().manual_seed(4)
+    one = [[torch.zeros(s) for _ in range(rule.n_history)] for s in shapes]
+    many = [[h.clone() for h in hs] for hs in one]
+    for it in range(3):
+        gs = [torch.randn(s, generator=gen) for s in shapes]
+        want = [rule(g.clone(), h, r, it) for g, h, r in zip(gs, one, rates)]
+        got = rule.update_many([g.clone() for g in gs], many, rates, it)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        for ha, hb in zip(many, one):
+            assert all(torch.equal(a, b) for a, b in zip(ha, hb))
+    assert UPDATE_RULES["Adam"](p).batched
+
+
 def capture_grads(solver):
     """Each param's gradient per backward pass, as autograd delivers it (before the solver touches it)."""
     seen = {i: [] for i in range(len(solver.params))}

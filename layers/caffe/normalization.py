@@ -56,6 +56,12 @@ class BatchNorm(Layer):
         self.add_blob("scale_factor", (1,), learnable=False)
 
     def forward(self, x):
+        return self.normalize(x)
+
+    def normalize(self, x, gamma=None, beta=None):
+        """forward(x), then y * gamma + beta per channel where given (gamma and beta of shape (C,)): the Scale
+        layer that usually follows, inside ATen's batch_norm kernel in training mode. The net runs an in-place
+        Scale this way (nets/net.py, Net.fuse_scales); the layer's own forward never does."""
         bshape = (1, -1) + (1,) * (x.dim() - 2)
         if self.use_global_stats:
             s = self.scale_factor.to(x.dtype)
@@ -70,13 +76,23 @@ class BatchNorm(Layer):
                 c = x.shape[1]
                 stats = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
                 mean, unbiased = (torch.zeros(c, dtype=stats, device=x.device) for _ in range(2))
-                y = torch.nn.functional.batch_norm(x, mean, unbiased, training=True, momentum=1.0, eps=self.p.eps)
+                # half-precision x takes float32 weights (ATen's mixed-type kernel), others x's own dtype
+                weight, bias = (None if t is None else t.to(stats) for t in (gamma, beta))
+                if weight is None and bias is not None:
+                    weight = torch.ones_like(bias)
+                y = torch.nn.functional.batch_norm(x, mean, unbiased, weight, bias, training=True, momentum=1.0,
+                                                   eps=self.p.eps)
                 self._update(mean, unbiased)
                 return y
             mean = x.mean(dim=dims)     # batch_norm refuses one value per channel and eps 0
             var = (x - mean.view(bshape)).square().mean(dim=dims)
             self._update(mean.detach(), var.detach() * (m / (m - 1) if m > 1 else 1.0))
-        return (x - mean.view(bshape)) / torch.sqrt(var.view(bshape) + self.p.eps)
+        y = (x - mean.view(bshape)) / torch.sqrt(var.view(bshape) + self.p.eps)
+        if gamma is not None:
+            y = y * gamma.to(x.dtype).view(bshape)
+        if beta is not None:
+            y = y + beta.to(x.dtype).view(bshape)
+        return y
 
     @torch.no_grad()
     def _update(self, mean, unbiased_var):

@@ -31,6 +31,7 @@ def apply_update(params, grads, history, rule, p, rate: float, iteration: int, l
                     if g is not None:
                         g.mul_(scale)
         n = len(params)
+        ws, gs, histories, rates = [], [], [], []
         for i, (pi, g) in enumerate(zip(params, grads)):
             if pi.lr_mult == 0:
                 continue
@@ -42,4 +43,9 @@ def apply_update(params, grads, history, rule, p, rate: float, iteration: int, l
             decay = p.weight_decay * pi.decay_mult
             if decay:
                 g.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=decay)
-            w.sub_(rule(g, history[i::n], rate * pi.lr_mult, iteration))
+            if not rule.batched:
+                w.sub_(rule(g, history[i::n], rate * pi.lr_mult, iteration))
+                continue
+            ws.append(w), gs.append(g), histories.append(history[i::n]), rates.append(rate * pi.lr_mult)
+        if ws:   # the rule's arithmetic in a few _foreach calls; each param's numbers are the loop's
+            torch._foreach_sub_(ws, rule.update_many(gs, histories, rates, iteration))

@@ -5,6 +5,7 @@ param's history blobs in place. `hp` holds momentum, momentum2, delta and rms_de
     rule = UPDATE_RULES["Adam"](solver_param)
     rule.n_history                                   # history blobs per param
     w -= rule(g, history, rate, iteration)
+    updates = rule.update_many(gs, histories, rates, iteration)   # many params at once (Adam: _foreach ops)
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ class UpdateRule:
 
     def __init__(self, module, hp):
         self.update, self.n_history, self.hp = module.update, module.N_HISTORY, hp
+        self._many = getattr(module, "update_many", None)
+
+    @property
+    def batched(self) -> bool:
+        """Whether update_many takes all params in one call (the rule has _foreach arithmetic)."""
+        return self._many is not None
+
+    def update_many(self, gs, histories, rates, iteration: int):
+        """The updates of many params: [rule(g, h, rate, iteration) for ...], in one pass where batched."""
+        if self._many is not None:
+            return self._many(gs, histories, rates, iteration, self.hp)
+        return [self.update(g, h, rate, iteration, self.hp) for g, h, rate in zip(gs, histories, rates)]
 
     def __call__(self, g, history, rate: float, iteration: int):
         return self.update(g, history, rate, iteration, self.hp)
