@@ -131,7 +131,8 @@ def run(args) -> int:
     t0 = time.time()
     with open(log_path, "w") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
         readers = 0 if args.workers is None else args.workers
-        with Solver(solver_path, device=args.device, workers=readers) as solver:
+        # NHWC: 9 % less time per iteration on synth_small's CPU training (README "How the demo got there")
+        with Solver(solver_path, device=args.device, workers=readers, channels_last=True) as solver:
             solver.solve()
             state = solver.last_snapshot        # <prefix>_iter_N.solverstate.h5, beside its weights
     train_s = time.time() - t0

@@ -105,8 +105,8 @@ NETS = {
         loss_2d_weight=32.0, loss_z_weight=12.0, loss_heatmap_weight=1.0, heatmap_sigma=1.0 / 32,
         packed=True, mirror_left=True,
         solver=dict(type="Adam", base_lr=2e-3, momentum=0.9, momentum2=0.999, lr_policy="multistep",
-                    stepvalue=[5740], gamma=0.1, max_iter=7000, weight_decay=0.0, display=100, snapshot=0),
-        test_iter=12, test_interval=7000),
+                    stepvalue=[7380], gamma=0.1, max_iter=9000, weight_decay=0.0, display=100, snapshot=0),
+        test_iter=12, test_interval=9000),
 }
 
 
