@@ -156,7 +156,7 @@ def run(args) -> int:
     table = evaluation.markdown_table(rows)
     ratio = rows["rhd_synth_small (trained)"]["epe_3d_rel_mm"] / rows["mean-pose baseline"]["epe_3d_rel_mm"]
     note = (f"\nTrained on {args.train} synthetic images ({train_s:.0f} s on {torch.get_num_threads()} threads); "
-            f"root-relative 3D EPE {ratio:.2f} x the baseline's.\n")
+            f"root-relative 3D EPE {ratio:.3f} x the baseline's.\n")
     from layers.hand.rhd.memo import atomic_write_bytes
     atomic_write_bytes(paths["table"], (table + note).encode())
     write_samples(rhd, os.path.join(os.path.abspath(args.data), "synth", "RHD_published_v2"), out)
