@@ -507,7 +507,16 @@ def test_snapshot_writes_are_atomic(tmp_path, monkeypatch):
     assert fresh.iter == 1
 
 
-def test_ctrl_c_finishes_the_iteration_snapshots_and_stops(tmp_path):
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as in a terminal (Python's KeyboardInterrupt handler): a test run started in the background by a
+    non-interactive shell inherits SIGINT ignored, and the solver restores whatever handler it found."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_finishes_the_iteration_snapshots_and_stops(tmp_path, terminal_sigint):
     write(tmp_path, "net.prototxt", DUMMY_NET)
     path = write(tmp_path, "solver.prototxt", solver_text("net.prototxt", prefix="s", max_iter=10, momentum=0.9))
     solver = Solver(path, device="cpu")
