@@ -78,8 +78,6 @@ class BatchNorm(Layer):
                 mean, unbiased = (torch.zeros(c, dtype=stats, device=x.device) for _ in range(2))
                 # half-precision x takes float32 weights (ATen's mixed-type kernel), others x's own dtype
                 weight, bias = (None if t is None else t.to(stats) for t in (gamma, beta))
-                if weight is None and bias is not None:
-                    weight = torch.ones_like(bias)
                 y = torch.nn.functional.batch_norm(x, mean, unbiased, weight, bias, training=True, momentum=1.0,
                                                    eps=self.p.eps)
                 self._update(mean, unbiased)

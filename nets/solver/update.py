@@ -43,9 +43,6 @@ def apply_update(params, grads, history, rule, p, rate: float, iteration: int, l
             decay = p.weight_decay * pi.decay_mult
             if decay:
                 g.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=decay)
-            if not rule.batched:
-                w.sub_(rule(g, history[i::n], rate * pi.lr_mult, iteration))
-                continue
             ws.append(w), gs.append(g), histories.append(history[i::n]), rates.append(rate * pi.lr_mult)
-        if ws:   # the rule's arithmetic in a few _foreach calls; each param's numbers are the loop's
+        if ws:   # Adam's arithmetic in a few _foreach calls, the other rules param by param; the same numbers
             torch._foreach_sub_(ws, rule.update_many(gs, histories, rates, iteration))
