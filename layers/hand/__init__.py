@@ -3,6 +3,7 @@ from layers.hand import ground_truth  # noqa: F401,E402  (steps 8-11: scale, dep
 from layers.hand import index  # noqa: F401,E402  (step 1: index generators)
 from layers.hand import readers  # noqa: F401,E402  (steps 2-7: readers of the memo layout)
 from layers.hand import mirror  # noqa: F401,E402  (one side for every hand: HandMirror)
+from layers.hand import augment  # noqa: F401,E402  (training-time crop augmentation: HandAugment)
 from layers.hand import latent  # noqa: F401,E402  (steps 13-15: soft-argmax, latent depth)
 from layers.hand import reconstruct  # noqa: F401,E402  (steps 16-19: image coordinates, root depth, scale, 3D)
 from layers.hand import metrics  # noqa: F401,E402  (SPEC section 5: EPE, PCK, AUC)
