@@ -76,6 +76,13 @@ def test_same_seed_gives_identical_bytes_whatever_the_worker_count(release_a, tm
     assert all(fa[name] == fb[name] for name in fa)
 
 
+def test_without_depth_the_other_files_are_the_same(release_a, tmp_path):
+    d = _files(S.make_dataset(str(tmp_path / "d"), 5, 3, seed=2, workers=1, depth=False))
+    fa = _files(release_a)
+    assert sorted(d) == sorted(n for n in fa if os.sep + "depth" + os.sep not in n)
+    assert all(d[n] == fa[n] for n in d)
+
+
 def test_different_seeds_differ(release_a, tmp_path):
     c = _files(S.make_dataset(str(tmp_path / "c"), 5, 3, seed=3, workers=1))
     fa = _files(release_a)

@@ -10,8 +10,8 @@ Leaves in OUT: train.log (Caffe's log lines), the snapshot (rhd_synth_small_iter
 overlays and heatmap montages for a few evaluation samples; samples/ (the first SAMPLE_IMAGES evaluation images
 as plain PNGs with a boxes.json of their hands' crop boxes, sides and cameras) and avg_bone.txt (the training
 set's, beside the weights) for `python tools/predict.py OUT/samples --weights OUT/<snapshot>`. The data goes to
-DATA/synth (the release) and DATA/rhd (the memo layout); both are reused when they already hold a set made with
-the same arguments.
+DATA/synth (the release, without its depth maps: nothing here reads them) and DATA/rhd (the memo layout); both
+are reused when they already hold a set made with the same arguments.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def make_data(data: str, n_train: int, n_eval: int, seed: int, workers: int | No
         print(f"reusing the synthetic set in {data} ({n_train} training / {n_eval} evaluation images)")
         return rhd
     t0 = time.time()
-    release = make_dataset(synth, n_train, n_eval, seed, workers=workers)
+    release = make_dataset(synth, n_train, n_eval, seed, workers=workers, depth=False)   # nothing here reads depth
     print(f"rendered {n_train} + {n_eval} synthetic images in {time.time() - t0:.0f} s")
     t0 = time.time()
     summary = convert(release, rhd, workers=workers)

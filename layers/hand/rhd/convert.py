@@ -64,14 +64,16 @@ SQUARE_GROW_NUM, SQUARE_GROW_DEN = 5, 4      # x1.25, kept as a fraction for exa
 MIN_BOX_SIDE = 32
 MIN_MASK_PIXELS = 200
 PAD_VALUE = 128
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+# OpenCV's default (zlib level 1, RLE strategy): on the noisy crops half the encoding time of level 3 with the
+# default strategy, and 4 % smaller
+PNG_PARAMS: list = []
 K_FORMAT = "%.6f"
 AVG_BONE_FORMAT = "%12.6f"
 STATE_DIR = ".convert_state"
 STATE_VERSION = 1
 # A record made under other rules is stale: its image is converted again.
 RULES = [STATE_VERSION, GT_BOX_LIMIT, SQUARE_GROW_NUM, SQUARE_GROW_DEN, MIN_BOX_SIDE, MIN_MASK_PIXELS, PAD_VALUE,
-         PNG_PARAMS[1], K_FORMAT]
+         PNG_PARAMS, K_FORMAT]
 
 REASONS = {
     "unreadable_color": "colour PNG missing or unreadable",
