@@ -110,7 +110,7 @@ NETS = {
         augment=dict(max_rotation=15.0, max_scale=0.08, max_shift=0.04, max_brightness=0.2, max_channel_gain=0.1,
                      pad_value=float(PAD_VALUE)),
         solver=dict(type="Adam", base_lr=2e-3, momentum=0.9, momentum2=0.999, lr_policy="multistep",
-                    stepvalue=[7380], gamma=0.1, max_iter=9000, weight_decay=0.0, display=100, snapshot=0),
+                    stepvalue=[7380, 8550], gamma=0.1, max_iter=9000, weight_decay=0.0, display=100, snapshot=0),
         test_iter=12, test_interval=9000),
 }
 
