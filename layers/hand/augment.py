@@ -93,14 +93,16 @@ class HandAugment(Layer):
         # A^-1 = R^T / s
         inverse = rot.transpose(1, 2) / scale.view(n, 1, 1)
         theta = torch.cat([inverse, -(inverse @ (2 * shift).unsqueeze(-1))], dim=-1)
-        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        # drawn on the CPU (torch's CPU RNG, in solver snapshots); used where the blobs are
+        grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
         pad = self.p.pad_value
         warped = F.grid_sample(images - pad if pad else images, grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False)
-        gain = gain.to(images.dtype).view(n, channels, 1, 1)
+        gain = gain.to(images.device, images.dtype).view(n, channels, 1, 1)
         warped = torch.addcmul(pad * gain, warped, gain) if pad else warped * gain
 
         half_pixel = 0.5 / torch.stack([bbox[:, 2] - bbox[:, 0] + 1, bbox[:, 3] - bbox[:, 1] + 1], -1).double()
         e = pose.detach().double().reshape(n, -1, 2) + half_pixel.unsqueeze(1)
+        forward_map, shift = forward_map.to(e.device), shift.to(e.device)
         moved = 0.5 + (e - 0.5) @ forward_map.transpose(1, 2) + shift.unsqueeze(1) - half_pixel.unsqueeze(1)
         return warped, moved.reshape(pose.shape).to(pose.dtype)

@@ -518,7 +518,8 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _write_sample(task):
-    """Worker: render one image, write its three PNGs, return (split, image_id, anno)."""
+    """Worker: render one image, write its PNGs (colour, mask and, unless told not to, depth), return (split,
+    image_id, anno)."""
     release_root, split, image_id, seed, with_depth = task
     color, mask, depth, anno = render_sample(seed, image_id, split)
     images = [("color", color), ("mask", mask)] + ([("depth", release.encode_depth(depth))] if with_depth else [])
@@ -553,7 +554,8 @@ def make_dataset(out_dir: str, num_train: int, num_eval: int, seed: int, workers
     Image i of a split is render_sample(seed, i, split): the bytes do not depend on `workers` (default
     os.cpu_count(); 1 renders in this process). progress: optional callable, called with the number of
     images just finished (e.g. a tqdm bar's update). Existing files of the same names are replaced.
-    depth=False: no depth PNGs (the converter reads colour and mask only; their encoding is a tenth of the time).
+    depth=False: no depth PNGs (the converter reads colour and mask only; a depth PNG is about a tenth of an
+    image's time).
     """
     for name, n in (("num_train", num_train), ("num_eval", num_eval), ("seed", seed)):
         if int(n) != n or n < 0:
